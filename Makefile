@@ -1,0 +1,55 @@
+# sessionadmin: `make run` starts everything on the embedded default, `make test` runs the suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+REDIS_URL ?= redis://127.0.0.1:6379/15
+PYTEST := $(BIN)/python -m pytest
+
+.PHONY: run install services browser test test-sqlite test-postgres test-browser lint bench
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(BIN)/python manage.py migrate --no-input
+	$(BIN)/python manage.py ensure_operator
+	$(BIN)/python manage.py run
+
+# The local PostgreSQL and Redis the tests use; started here if they are down.
+services:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect $$(ls /etc/postgresql) main start
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
+	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+
+# Debian's chromium for the browser tests (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+lint: install
+	$(BIN)/ruff check sessionadmin tests
+	$(BIN)/ruff format --check sessionadmin tests
+	$(BIN)/mypy sessionadmin
+
+test-sqlite: install
+	$(PYTEST) --ignore=tests/browser
+
+test-postgres: install services
+	DATABASE_URL=$(PG_URL) CELERY_TEST_REDIS_URL=$(REDIS_URL) $(PYTEST) --ignore=tests/browser
+
+# A separate pytest process: once Playwright's event loop runs, later async tests would fail.
+test-browser: install browser
+	$(PYTEST) tests/browser
+
+test: install services browser lint test-sqlite test-postgres test-browser
+
+bench: install services
+	DATABASE_URL=$(PG_URL) $(BIN)/python manage.py benchmark all

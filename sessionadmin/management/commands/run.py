@@ -1,0 +1,78 @@
+"""Run the whole system in the foreground: web server (gunicorn), one Celery worker and Celery
+beat. Ctrl-C (or SIGTERM) stops all three; if one of them dies, the others are stopped too and
+the command exits non-zero, so a supervisor notices."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+
+STOP_GRACE_SECONDS = 15
+
+
+class Command(BaseCommand):
+    help = "Start web, Celery worker and Celery beat together; Ctrl-C stops them all."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--bind", default=os.environ.get("SESSIONADMIN_BIND", "127.0.0.1:8000"))
+        parser.add_argument("--web-workers", type=int, default=int(os.environ.get("SESSIONADMIN_WEB_WORKERS", "2")))
+        parser.add_argument("--concurrency", type=int, default=int(os.environ.get("CELERY_CONCURRENCY", "2")))
+
+    def handle(self, *args: Any, bind: str, web_workers: int, concurrency: int, **options: Any) -> None:
+        python = sys.executable
+        bindir = os.path.dirname(python)
+        schedule = settings.VAR_DIR / "celerybeat-schedule"
+        commands = {
+            "web": [os.path.join(bindir, "gunicorn"), "sessionadmin.wsgi", "--bind", bind, "--workers", str(web_workers),
+                    "--access-logfile", "-", "--graceful-timeout", "10"],
+            "worker": [python, "-m", "celery", "-A", "sessionadmin", "worker", "--loglevel", "INFO",
+                       "--concurrency", str(concurrency), "--hostname", "worker@%h"],
+            "beat": [python, "-m", "celery", "-A", "sessionadmin", "beat", "--loglevel", "INFO", "-s", str(schedule)],
+        }
+        procs: dict[str, subprocess.Popen[bytes]] = {}
+        stopping = False
+
+        def request_stop(signum: int, _frame: Any) -> None:
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, request_stop)
+        signal.signal(signal.SIGTERM, request_stop)
+        for name, cmd in commands.items():
+            # Own process groups: the terminal's Ctrl-C reaches only us, and we stop the
+            # children in order (a worker finishing its task gets its grace period).
+            procs[name] = subprocess.Popen(cmd, start_new_session=True)
+            self.stdout.write(f"started {name} (pid {procs[name].pid}): {' '.join(cmd)}")
+        self.stdout.write(self.style.SUCCESS(f"sessionadmin is up at http://{bind}/ (Ctrl-C stops web, worker and beat)"))
+        exit_code = 0
+        while not stopping:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    self.stderr.write(f"{name} exited with code {proc.returncode}; stopping the others")
+                    exit_code = 1
+                    stopping = True
+                    break
+            time.sleep(0.5)
+        self._stop_all(procs)
+        if exit_code:
+            raise SystemExit(exit_code)
+
+    def _stop_all(self, procs: dict[str, subprocess.Popen[bytes]]) -> None:
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for name, proc in procs.items():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            self.stdout.write(f"stopped {name}")

@@ -1,0 +1,427 @@
+"""Tables of sessionadmin.
+
+Rows are written only through the service layer (``manager.py`` for sessions and the other
+service modules for orgs, prompt layers, MCP and maintenance); reads go through the QuerySet
+methods defined here, named for their purpose.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from sessionadmin.validation import MAX_ID_LENGTH, validate_org_id_field
+
+
+class Org(models.Model):
+    # The platform's external org id is the primary key, so that ``session.org_id`` *is* the
+    # id the platform knows. It never changes (the admin shows it read-only once saved).
+    id = models.CharField(primary_key=True, max_length=MAX_ID_LENGTH, validators=[validate_org_id_field])
+    name = models.CharField(max_length=200)
+    # The org's own prompt, composed after the global layers and before the org's extra layers.
+    prompt = models.TextField(blank=True, max_length=64 * 1024)
+    max_sessions = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Concurrent active sessions in this org; empty = no limit."
+    )
+    max_sessions_per_user = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Concurrent active sessions per user in this org; empty = no limit."
+    )
+    idle_timeout_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Overrides the global idle timeout; empty = global default."
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class LimitLock(models.Model):
+    """A single row locked (``SELECT ... FOR UPDATE``) by every session create while a global
+    limit is set, so that count-then-insert cannot race across processes on PostgreSQL."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+
+    def __str__(self) -> str:
+        return "global limit lock"
+
+
+class PromptLayer(models.Model):
+    class Scope(models.TextChoices):
+        GLOBAL = "global", "Global"
+        ORG = "org", "Org"
+        USER = "user", "User"
+
+    scope = models.CharField(max_length=8, choices=Scope.choices)
+    org = models.ForeignKey(Org, null=True, blank=True, on_delete=models.CASCADE, related_name="prompt_layers")
+    # For user layers: the user's external id. With ``org`` empty it applies in every org.
+    user_id = models.CharField(max_length=MAX_ID_LENGTH, blank=True)
+    name = models.CharField(max_length=200)
+    body = models.TextField(max_length=64 * 1024)
+    # Lower numbers come first within a layer.
+    priority = models.IntegerField(default=100)
+    enabled = models.BooleanField(default=True)
+    # Bumped on every edit, recorded in a session's prompt provenance.
+    version = models.PositiveIntegerField(default=1)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["scope", "priority", "id"]
+        constraints = [
+            models.CheckConstraint(
+                name="promptlayer_scope_valid",
+                condition=Q(scope="global", org__isnull=True, user_id="")
+                | Q(scope="org", org__isnull=False, user_id="")
+                | (Q(scope="user") & ~Q(user_id="")),
+            ),
+        ]
+        indexes = [
+            # Composition: enabled layers of one scope/org/user, in priority order.
+            models.Index(fields=["scope", "org", "user_id", "priority"], name="promptlayer_compose_idx"),
+        ]
+
+    def __str__(self) -> str:
+        owner = {"global": "global", "org": f"org {self.org_id}", "user": f"user {self.user_id}"}[self.scope]
+        return f"{self.name} ({owner}, v{self.version})"
+
+
+class AgentSessionQuerySet(models.QuerySet["AgentSession"]):
+    def active(self) -> AgentSessionQuerySet:
+        return self.filter(status=AgentSession.Status.ACTIVE)
+
+    def live(self) -> AgentSessionQuerySet:
+        """Sessions that still own a workspace: active or on their way out."""
+        return self.filter(status__in=[AgentSession.Status.ACTIVE, AgentSession.Status.TERMINATING])
+
+    def for_user(self, user_id: str) -> AgentSessionQuerySet:
+        return self.filter(user_id=user_id)
+
+    def idle_since(self, cutoff: datetime) -> AgentSessionQuerySet:
+        return self.active().filter(last_active_at__lt=cutoff)
+
+    def not_pinned(self, now: datetime) -> AgentSessionQuerySet:
+        return self.filter(Q(pinned_until__isnull=True) | Q(pinned_until__lte=now))
+
+
+class AgentSession(models.Model):
+    """One agent session. Named so as not to clash with Django's own ``Session``."""
+
+    class Status(models.TextChoices):
+        ACTIVE = "active", "Active"
+        TERMINATING = "terminating", "Terminating"
+        ENDED = "ended", "Ended"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    user_id = models.CharField(max_length=MAX_ID_LENGTH)
+    org = models.ForeignKey(Org, on_delete=models.PROTECT, related_name="sessions")
+    workspace_path = models.CharField(max_length=4096)
+    system_prompt = models.TextField(blank=True)
+    # Which layers the prompt was composed from: [{"kind", "id", "name", "version", "sha256"}].
+    prompt_provenance = models.JSONField(default=list, blank=True)
+    variables = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.CharField(max_length=200, blank=True)
+    last_active_at = models.DateTimeField(default=timezone.now)
+    ended_at = models.DateTimeField(null=True, blank=True)
+    ended_by = models.CharField(max_length=200, blank=True)
+    end_reason = models.CharField(max_length=500, blank=True)
+    # The last failure of the cleanup (workspace removal), shown while it is retried.
+    last_error = models.TextField(blank=True)
+    cleanup_attempts = models.PositiveIntegerField(default=0)
+    pinned_until = models.DateTimeField(null=True, blank=True)
+    pin_reason = models.CharField(max_length=500, blank=True)
+    pinned_by = models.CharField(max_length=200, blank=True)
+
+    objects = AgentSessionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [
+            # Viewers have only the built-in view permissions; operators also have these.
+            ("operate_sessions", "Can create, kill and pin sessions and attach MCP clients"),
+            ("attach_adhoc_mcp", "Can attach an ad-hoc MCP server URL"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                name="agentsession_status_valid",
+                condition=Q(status__in=["active", "terminating", "ended", "failed"]),
+            ),
+            models.CheckConstraint(
+                name="agentsession_ended_has_time",
+                condition=~Q(status__in=["ended", "failed"]) | Q(ended_at__isnull=False),
+            ),
+        ]
+        indexes = [
+            # Limit counts on create: active sessions of one org / one user in an org.
+            models.Index(fields=["org", "status", "user_id"], name="session_org_status_user_idx"),
+            # Inactivity cleanup: active sessions ordered/filtered by last activity.
+            models.Index(fields=["status", "last_active_at"], name="session_status_active_idx"),
+            # Dashboard default list and global count: by status, newest first.
+            models.Index(fields=["status", "-created_at"], name="session_status_created_idx"),
+            # list_sessions(user_id) and the dashboard user filter.
+            models.Index(fields=["user_id", "-created_at"], name="session_user_created_idx"),
+            # History purge: ended rows older than the retention.
+            models.Index(fields=["ended_at"], name="session_ended_at_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} ({self.user_id}@{self.org_id}, {self.status})"
+
+    # --- the seed's Session API -----------------------------------------------------------
+    # The manager hands out model instances carrying a reference to itself, so that methods
+    # that change state go back through the same manager (and its audit logger).
+    _manager: Any = None
+
+    def _get_manager(self) -> Any:
+        if self._manager is None:
+            from sessionadmin.manager import SessionManager
+
+            self._manager = SessionManager()
+        return self._manager
+
+    @property
+    def short_id(self) -> str:
+        return str(self.id)[:8]
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in (self.Status.ACTIVE, self.Status.TERMINATING)
+
+    def update_system_prompt(self, prompt: str, *, actor: str | None = None) -> None:
+        self._get_manager().update_system_prompt(self, prompt, actor=actor)
+
+    def get_system_prompt(self) -> str:
+        return self.system_prompt
+
+    def get_workspace_path(self) -> str:
+        return self.workspace_path
+
+    def get_session_info(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "user_id": self.user_id,
+            "org_id": self.org_id,
+            "workspace_path": self.workspace_path,
+            "mcp_client_ids": list(
+                self.mcp_clients.exclude(status=McpClient.Status.CLOSED)
+                .order_by("client_id")
+                .values_list("client_id", flat=True)
+            ),
+            "created_at": self.created_at,
+            "last_active_at": self.last_active_at,
+            "status": self.status,
+        }
+
+    def idle_deadline(self, default_timeout: timedelta) -> datetime | None:
+        """When the inactivity cleanup will end this session (None if it is not active)."""
+        if self.status != self.Status.ACTIVE:
+            return None
+        timeout = (
+            timedelta(seconds=self.org.idle_timeout_seconds)
+            if self.org.idle_timeout_seconds
+            else default_timeout
+        )
+        deadline = self.last_active_at + timeout
+        if self.pinned_until and self.pinned_until > deadline:
+            return self.pinned_until
+        return deadline
+
+
+class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
+    def for_session(self, session_id: uuid.UUID | str) -> AuditEntryQuerySet:
+        return self.filter(session_id=session_id).order_by("at", "id")
+
+
+class AuditEntry(models.Model):
+    """Append-only trail. ``session_id`` is a plain UUID, not a foreign key, so entries outlive
+    the session rows they describe. The application never updates or deletes a row (the one
+    exception is the optional audit retention purge, which is off by default)."""
+
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.CharField(max_length=200)
+    user_id = models.CharField(max_length=MAX_ID_LENGTH, blank=True)
+    org_id = models.CharField(max_length=MAX_ID_LENGTH, blank=True)
+    event_type = models.CharField(max_length=64)
+    session_id = models.UUIDField(null=True, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    objects = AuditEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name_plural = "audit entries"
+        indexes = [
+            # Session detail timeline and the admin's search by session id.
+            models.Index(fields=["session_id", "at"], name="audit_session_at_idx"),
+            # Admin default ordering, date hierarchy and retention purge.
+            models.Index(fields=["at"], name="audit_at_idx"),
+            # Admin filters by event type / org / actor, newest first.
+            models.Index(fields=["event_type", "at"], name="audit_event_at_idx"),
+            models.Index(fields=["org_id", "at"], name="audit_org_at_idx"),
+            models.Index(fields=["actor", "at"], name="audit_actor_at_idx"),
+            models.Index(fields=["user_id", "at"], name="audit_user_at_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.event_type} by {self.actor}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            raise PermissionError("audit entries are append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> Any:
+        raise PermissionError("audit entries are append-only")
+
+
+class McpServer(models.Model):
+    """An operator-managed catalog entry: how to reach one MCP server."""
+
+    class Transport(models.TextChoices):
+        STDIO = "stdio", "stdio"
+        STREAMABLE_HTTP = "streamable_http", "Streamable HTTP"
+        SSE = "sse", "SSE"
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.CharField(max_length=500, blank=True)
+    transport = models.CharField(max_length=20, choices=Transport.choices)
+    url = models.URLField(max_length=2000, blank=True)
+    command = models.CharField(max_length=1000, blank=True)
+    args = models.JSONField(default=list, blank=True)
+    # Encrypted JSON objects (name -> value); see ``sessionadmin/secrets.py``.
+    headers_encrypted = models.TextField(blank=True)
+    env_encrypted = models.TextField(blank=True)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "MCP server"
+        constraints = [
+            models.CheckConstraint(
+                name="mcpserver_target_matches_transport",
+                condition=(Q(transport="stdio") & ~Q(command=""))
+                | (Q(transport__in=["streamable_http", "sse"]) & ~Q(url="")),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.get_transport_display()})"
+
+
+class McpClient(models.Model):
+    """One MCP client attached to a session, with what its last handshake found."""
+
+    class Status(models.TextChoices):
+        CONNECTED = "connected", "Connected"
+        ERROR = "error", "Error"
+        CLOSED = "closed", "Closed"
+
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="mcp_clients")
+    client_id = models.SlugField(max_length=100)
+    server = models.ForeignKey(McpServer, null=True, blank=True, on_delete=models.SET_NULL, related_name="clients")
+    # Set for ad-hoc URL attachments (no catalog entry).
+    transport = models.CharField(max_length=20, choices=McpServer.Transport.choices)
+    url = models.URLField(max_length=2000, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONNECTED)
+    server_name = models.CharField(max_length=200, blank=True)
+    server_version = models.CharField(max_length=100, blank=True)
+    protocol_version = models.CharField(max_length=50, blank=True)
+    capabilities = models.JSONField(default=dict, blank=True)
+    tools = models.JSONField(default=list, blank=True)
+    resources = models.JSONField(default=list, blank=True)
+    prompts = models.JSONField(default=list, blank=True)
+    last_verified_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.CharField(max_length=200, blank=True)
+    closed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["session", "client_id"]
+        verbose_name = "MCP client"
+        constraints = [
+            models.UniqueConstraint(fields=["session", "client_id"], name="mcpclient_unique_per_session"),
+        ]
+        indexes = [
+            # Health pass: open clients of active sessions.
+            models.Index(fields=["status", "session"], name="mcpclient_status_session_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.client_id} on {self.session_id} ({self.status})"
+
+
+class MaintenanceRun(models.Model):
+    """One run of one maintenance task, as operators see it on the dashboard."""
+
+    class Outcome(models.TextChoices):
+        RUNNING = "running", "Running"
+        OK = "ok", "OK"
+        PARTIAL = "partial", "Partial"
+        FAILED = "failed", "Failed"
+
+    task = models.CharField(max_length=100)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.RUNNING)
+    triggered_by = models.CharField(max_length=200, blank=True)
+    # {"sessions_ended": n, "directories_removed": n, "errors": n, ...}
+    counts = models.JSONField(default=dict, blank=True)
+    session_ids = models.JSONField(default=list, blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [
+            # Dashboard "recent runs" per task.
+            models.Index(fields=["task", "-started_at"], name="maintrun_task_started_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task} at {self.started_at:%Y-%m-%d %H:%M:%S} ({self.outcome})"
+
+
+class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
+    def usable(self, now: datetime | None = None) -> ApiTokenQuerySet:
+        now = now or timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(Q(expires_at__isnull=True) | Q(expires_at__gt=now))
+
+
+class ApiToken(models.Model):
+    """A bearer token of the runtime API. Only a hash of the secret is stored."""
+
+    name = models.CharField(max_length=100, unique=True)
+    # The first characters of the token, to find the row without scanning hashes.
+    prefix = models.CharField(max_length=16, unique=True)
+    token_hash = models.CharField(max_length=128)
+    org = models.ForeignKey(Org, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens")
+    can_read_secrets = models.BooleanField(default=False)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.CharField(max_length=200, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def actor(self) -> str:
+        return f"token:{self.name}"

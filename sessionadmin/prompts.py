@@ -1,0 +1,82 @@
+"""System prompt composition: global, then org, then user layers, each rendered with variables.
+
+Rendering is a plain ``{{ name }}`` substitution from a dict of strings: no expressions, no
+attribute or item access, no code, so a prompt layer written by one org cannot read anything
+but the variables it is given. Unknown placeholders are left as written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from django.db.models import Q
+
+from sessionadmin.models import Org, PromptLayer
+
+_PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
+_SCOPE_ORDER = {PromptLayer.Scope.GLOBAL: 0, PromptLayer.Scope.ORG: 1, PromptLayer.Scope.USER: 2}
+MAX_PROMPT_LENGTH = 256 * 1024
+
+
+class PromptComposer(Protocol):
+    def compose_system_prompt(self, user_id: str, org_id: str, variables: dict[str, Any]) -> str: ...
+
+
+@dataclass
+class ComposedPrompt:
+    text: str
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+
+
+def render(template: str, variables: dict[str, str]) -> str:
+    return _PLACEHOLDER.sub(lambda m: variables.get(m.group(1), m.group(0)), template)
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def layers_for(user_id: str, org_id: str) -> list[PromptLayer]:
+    """Enabled layers that apply to this user in this org, in composition order (one query)."""
+    layers = PromptLayer.objects.filter(enabled=True).filter(
+        Q(scope=PromptLayer.Scope.GLOBAL)
+        | Q(scope=PromptLayer.Scope.ORG, org_id=org_id)
+        | (Q(scope=PromptLayer.Scope.USER, user_id=user_id) & (Q(org__isnull=True) | Q(org_id=org_id)))
+    )
+    return sorted(layers, key=lambda layer: (_SCOPE_ORDER[layer.scope], layer.priority, layer.id))
+
+
+class DefaultPromptComposer:
+    """Composes from the PromptLayer rows and the org's own prompt."""
+
+    def compose(self, *, user_id: str, org: Org, variables: dict[str, str]) -> ComposedPrompt:
+        parts: list[str] = []
+        provenance: list[dict[str, Any]] = []
+        org_prompt_done = False
+        for layer in layers_for(user_id, org.id):
+            if layer.scope != PromptLayer.Scope.GLOBAL and not org_prompt_done:
+                org_prompt_done = self._add_org_prompt(org, variables, parts, provenance)
+            parts.append(render(layer.body, variables))
+            provenance.append(
+                {"kind": layer.scope, "id": layer.id, "name": layer.name, "version": layer.version, "sha256": sha256(layer.body)}
+            )
+        if not org_prompt_done:
+            self._add_org_prompt(org, variables, parts, provenance)
+        text = "\n\n".join(part.strip() for part in parts if part.strip())
+        return ComposedPrompt(text=text, provenance=provenance)
+
+    @staticmethod
+    def _add_org_prompt(org: Org, variables: dict[str, str], parts: list[str], provenance: list[dict[str, Any]]) -> bool:
+        if org.prompt.strip():
+            parts.append(render(org.prompt, variables))
+            provenance.append({"kind": "org_prompt", "id": org.id, "name": "org prompt", "sha256": sha256(org.prompt)})
+        return True
+
+    def compose_system_prompt(self, user_id: str, org_id: str, variables: dict[str, Any]) -> str:
+        """The seed's PromptComposer interface."""
+        org = Org.objects.get(pk=org_id)
+        strings = {k: str(v) for k, v in variables.items()}
+        return self.compose(user_id=user_id, org=org, variables=strings).text
