@@ -425,3 +425,15 @@ class ApiToken(models.Model):
     @property
     def actor(self) -> str:
         return f"token:{self.name}"
+
+
+class ServiceHeartbeat(models.Model):
+    """The last sign of life of a background component ("worker", "beat"), read by /healthz.
+    One row per component, overwritten in place: this is state, not history."""
+
+    name = models.CharField(primary_key=True, max_length=100)
+    beat_at = models.DateTimeField()
+    details = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} at {self.beat_at:%Y-%m-%d %H:%M:%S}"

@@ -104,7 +104,7 @@ def sqlite_database(path: Path) -> dict[str, object]:
         },
         # A file, as in production: Django's shared in-memory test database would make a
         # second writer fail at once and concurrency tests would prove nothing.
-        "TEST": {"NAME": VAR_DIR / f"test-{path.stem}.sqlite3"},
+        "TEST": {"NAME": VAR_DIR / f"{env_str('SESSIONADMIN_TEST_DB_NAME', 'test-' + path.stem)}.sqlite3"},
     }
 
 

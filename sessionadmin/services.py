@@ -1,0 +1,65 @@
+"""Service functions for what is not a session: orgs and prompt layers. Like the manager, each
+validates, writes and audits in one transaction; views, commands and the API call these."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+
+from sessionadmin import audit
+from sessionadmin.manager import InvalidInput, InvalidOrgID
+from sessionadmin.models import Org
+from sessionadmin.prompts import MAX_PROMPT_LENGTH, sha256
+from sessionadmin.validation import id_problem
+
+ORG_LIMIT_FIELDS = ("max_sessions", "max_sessions_per_user", "idle_timeout_seconds")
+
+
+def _check_org_fields(name: str | None, prompt: str | None, limits: dict[str, int | None]) -> None:
+    if name is not None and not (1 <= len(name.strip()) <= 200):
+        raise InvalidInput("org name must be 1-200 characters")
+    if prompt is not None and len(prompt) > MAX_PROMPT_LENGTH:
+        raise InvalidInput(f"org prompt is longer than {MAX_PROMPT_LENGTH} characters")
+    for field, value in limits.items():
+        if field not in ORG_LIMIT_FIELDS:
+            raise InvalidInput(f"unknown org setting {field!r}")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1 or value > 10**9):
+            raise InvalidInput(f"{field} must be a positive whole number or empty")
+
+
+@transaction.atomic
+def create_org(*, org_id: str, name: str, actor: str, prompt: str = "", **limits: int | None) -> Org:
+    problem = id_problem(org_id)
+    if problem:
+        raise InvalidOrgID(f"invalid org ID: {problem}")
+    _check_org_fields(name, prompt, limits)
+    if Org.objects.filter(pk=org_id).exists():
+        raise InvalidInput(f"org {org_id!r} exists already")
+    org = Org.objects.create(id=org_id, name=name.strip(), prompt=prompt, **limits)
+    audit.write([audit.entry("org_created", actor=actor, org_id=org.id, details={"name": org.name, **limits, "prompt_sha256": sha256(prompt)})])
+    return org
+
+
+@transaction.atomic
+def update_org(*, org_id: str, actor: str, name: str | None = None, prompt: str | None = None, **limits: int | None) -> Org:
+    """Change an org's name, prompt or limits; audits the old and new values (prompts by hash)."""
+    _check_org_fields(name, prompt, limits)
+    org = Org.objects.select_for_update().filter(pk=org_id).first()
+    if org is None:
+        raise InvalidOrgID(f"invalid org ID: unknown org {org_id!r}")
+    changes: dict[str, Any] = {}
+    if name is not None and name.strip() != org.name:
+        changes["name"] = {"old": org.name, "new": name.strip()}
+        org.name = name.strip()
+    if prompt is not None and prompt != org.prompt:
+        changes["prompt_sha256"] = {"old": sha256(org.prompt), "new": sha256(prompt)}
+        org.prompt = prompt
+    for field, value in limits.items():
+        if getattr(org, field) != value:
+            changes[field] = {"old": getattr(org, field), "new": value}
+            setattr(org, field, value)
+    if changes:
+        org.save(update_fields=[f if f != "prompt_sha256" else "prompt" for f in changes])
+        audit.write([audit.entry("org_updated", actor=actor, org_id=org.id, details=changes)])
+    return org
