@@ -1,11 +1,35 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from sessionadmin import views
+
+from sessionadmin import api
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("accounts/", include("django.contrib.auth.urls")),
     # Dashboard (sessionadmin/views.py)
+    path("", views.session_list, name="session_list"),
+    path("sessions/new/", views.session_create, name="session_create"),
+    path("sessions/kill/", views.session_bulk_kill, name="session_bulk_kill"),
+    path("sessions/<uuid:session_id>/", views.session_detail, name="session_detail"),
+    path("sessions/<uuid:session_id>/workspace/", views.session_workspace, name="session_workspace"),
+    path("sessions/<uuid:session_id>/kill/", views.session_kill, name="session_kill"),
+    path("sessions/<uuid:session_id>/pin/", views.session_pin, name="session_pin"),
+    path("sessions/<uuid:session_id>/prompt/", views.session_prompt, name="session_prompt"),
+    path("orgs/", views.org_list, name="org_list"),
+    path("orgs/new/", views.org_create, name="org_create"),
+    path("orgs/<str:org_id>/edit/", views.org_edit, name="org_edit"),
     # MCP (sessionadmin/mcp_views.py)
     # Maintenance (sessionadmin/maintenance_views.py)
     # Runtime API (sessionadmin/api.py)
+    path("healthz", api.healthz, name="healthz"),
+    path("api/v1/healthz", api.healthz, name="api_healthz"),
+    path("api/v1/openapi.json", api.openapi_document, name="api_openapi"),
+    path("api/v1/sessions", api.sessions, name="api_sessions"),
+    path("api/v1/sessions/<str:session_id>", api.session_detail, name="api_session"),
+    path("api/v1/sessions/<str:session_id>/activity", api.session_activity, name="api_session_activity"),
+    path("api/v1/sessions/<str:session_id>/system-prompt", api.session_system_prompt, name="api_session_system_prompt"),
+    path("api/v1/sessions/<str:session_id>/mcp-config", api.session_mcp_config, name="api_session_mcp_config"),
+    path("api/v1/<path:rest>", api.unknown_endpoint),
 ]
