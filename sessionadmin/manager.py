@@ -140,7 +140,6 @@ class SessionManager:
         self._validate_create(user_id, org_id, variables, actor=actor)
         session_id = uuid.uuid4()
         path = workspaces.workspace_path(self.workspace_root, user_id, str(session_id))
-        created_dir = False
         try:
             with transaction.atomic():
                 org = self._lock_for_create(user_id, org_id)
@@ -164,7 +163,6 @@ class SessionManager:
                     entries.append(self._session_entry("prompt_composition_failed", session, actor, {"error": prompt_error}))
                 self._audit(*entries)
                 workspaces.create_workspace(self.workspace_root, user_id, str(session_id))
-                created_dir = True
         except workspaces.WorkspaceError as exc:
             self._audit_failure("workspace_creation_failed", user_id, org_id, actor, {"error": str(exc), "session_id": str(session_id)})
             raise WorkspaceCreationError(f"failed to create workspace directory: {exc}") from exc
@@ -178,9 +176,9 @@ class SessionManager:
             self._audit_failure("session_create_failed", user_id, "", actor, {"reason": "unknown_org", "org_id": audit.safe_repr(org_id), "error": str(exc)})
             raise
         except BaseException:
-            # The commit (or anything after the mkdir) failed: the row is gone, so is the dir.
-            if created_dir:
-                workspaces.remove_workspace(self.workspace_root, user_id, str(session_id))
+            # Anything after the mkdir failed (the commit, say): the row is gone, so the
+            # directory goes too. The id is a fresh UUID, so whatever is at that path is ours.
+            workspaces.remove_workspace(self.workspace_root, user_id, str(session_id))
             raise
         return self._bind(session)
 

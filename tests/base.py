@@ -22,6 +22,18 @@ from sessionadmin.roles import OPERATORS, VIEWERS, ensure_roles
 PASSWORD = "correct-horse-battery-staple"
 
 
+def database_url() -> str:
+    """A DATABASE_URL for child processes (workers, parallel creators) that points at the
+    database the current test runs against."""
+    from django.db import connection
+
+    conf = connection.settings_dict
+    if conf["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{Path(conf['NAME']).resolve()}"
+    auth = conf["USER"] + (f":{conf['PASSWORD']}" if conf["PASSWORD"] else "")
+    return f"postgres://{auth}@{conf['HOST'] or '127.0.0.1'}:{conf['PORT'] or 5432}/{conf['NAME']}"
+
+
 class WorkspaceRootMixin:
     """Points SESSIONADMIN_WORKSPACE_ROOT at a fresh temporary folder for each test."""
 
