@@ -1,11 +1,72 @@
-"""The Celery application, configured from Django settings (every ``CELERY_*`` setting)."""
+"""The Celery application, configured from Django settings (every ``CELERY_*`` setting).
 
+Liveness: a worker writes its ``ServiceHeartbeat`` row when it is ready and on every run of the
+``heartbeat`` task; beat writes its row when it starts and whenever it publishes that task. A
+worker also re-enqueues unfinished workspace removals when it starts: kombu's
+``filesystem://`` transport deletes a message file as soon as it is fetched and keeps the
+unacknowledged message only in memory, so a SIGKILLed worker loses it (Redis/RabbitMQ redeliver
+it themselves; the removal is idempotent, so both paths together duplicate nothing).
+"""
+
+from __future__ import annotations
+
+import logging
 import os
+from typing import Any
 
 from celery import Celery
+from celery.signals import beat_init, before_task_publish, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sessionadmin.settings")
 
+logger = logging.getLogger(__name__)
+
 app = Celery("sessionadmin")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# A queue of its own per test run or benchmark, so a shared Redis never mixes their messages.
+if os.environ.get("SESSIONADMIN_CELERY_QUEUE"):
+    app.conf.task_default_queue = os.environ["SESSIONADMIN_CELERY_QUEUE"]
+# Redis redelivers an unacknowledged message only after this many seconds (kombu's default is
+# one hour); it must stay longer than the longest task's hard time limit.
+if os.environ.get("CELERY_VISIBILITY_TIMEOUT"):
+    app.conf.broker_transport_options = {
+        **(app.conf.broker_transport_options or {}),
+        "visibility_timeout": float(os.environ["CELERY_VISIBILITY_TIMEOUT"]),
+    }
 app.autodiscover_tasks()
+
+HEARTBEAT_TASK = "sessionadmin.tasks.heartbeat"
+
+
+def _beat(name: str, **details: Any) -> None:
+    # Liveness must never take a component down: a database hiccup is only logged.
+    try:
+        from sessionadmin.maintenance import record_heartbeat
+
+        record_heartbeat(name, details=details)
+    except Exception:
+        logger.exception("could not record the %s heartbeat", name)
+
+
+@worker_ready.connect
+def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
+    hostname = getattr(sender, "hostname", "") if sender is not None else ""
+    _beat("worker", hostname=hostname, event="ready")
+    try:
+        from sessionadmin.maintenance import requeue_stuck_removals
+
+        requeue_stuck_removals(reason="worker start")
+    except Exception:
+        logger.exception("could not re-enqueue unfinished workspace removals")
+
+
+@beat_init.connect
+def _on_beat_init(sender: Any = None, **kwargs: Any) -> None:
+    _beat("beat", event="start")
+
+
+@before_task_publish.connect
+def _on_publish(sender: str | None = None, **kwargs: Any) -> None:
+    # Only beat sends the heartbeat task, so its publication is beat's own sign of life.
+    if sender == HEARTBEAT_TASK:
+        _beat("beat", event="publish")
