@@ -1,9 +1,248 @@
 """Django admin: auditors read the trail here; operators manage orgs, prompts and the catalog.
 Session status never changes by editing a row: only through the manager."""
 
-from django.contrib import admin  # noqa: F401
+import csv
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from django.contrib import admin
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.db.models import Q, QuerySet
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html
+
+from sessionadmin import services
+from sessionadmin.manager import SessionManager
+from sessionadmin.models import AgentSession, AuditEntry, Org, PromptLayer
+from sessionadmin.roles import OPERATE_PERMISSION
 
 # --- Orgs, prompt layers, sessions, audit entries -------------------------------------------
+
+
+@admin.register(Org)
+class OrgAdmin(admin.ModelAdmin):
+    """Creates and edits go through ``services`` (validated and audited); orgs are never
+    deleted here (sessions and audit entries refer to them)."""
+
+    list_display = ["id", "name", "max_sessions", "max_sessions_per_user", "idle_timeout_seconds", "created_at"]
+    search_fields = ["id", "name"]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return ["id", "created_at"] if obj is not None else ["created_at"]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def save_model(self, request: HttpRequest, obj: Org, form: Any, change: bool) -> None:
+        limits = {f: getattr(obj, f) for f in services.ORG_LIMIT_FIELDS}
+        actor = request.user.get_username()
+        if change:
+            services.update_org(org_id=obj.id, actor=actor, name=obj.name, prompt=obj.prompt, **limits)
+        else:
+            services.create_org(org_id=obj.id, name=obj.name, prompt=obj.prompt, actor=actor, **limits)
+            obj._state.adding = False
+
+
+@admin.register(PromptLayer)
+class PromptLayerAdmin(admin.ModelAdmin):
+    """Saves and deletes go through ``services`` so each bumps the version and is audited."""
+
+    list_display = ["name", "scope", "org", "user_id", "priority", "enabled", "version", "updated_at"]
+    list_filter = ["scope", "enabled"]
+    search_fields = ["name", "user_id", "org__id"]
+    readonly_fields = ["version", "updated_at"]
+    autocomplete_fields = ["org"]
+
+    def save_model(self, request: HttpRequest, obj: PromptLayer, form: Any, change: bool) -> None:
+        services.save_prompt_layer(layer=obj, actor=request.user.get_username())
+
+    def delete_model(self, request: HttpRequest, obj: PromptLayer) -> None:
+        services.delete_prompt_layer(layer=obj, actor=request.user.get_username())
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[PromptLayer]) -> None:
+        for layer in queryset:
+            services.delete_prompt_layer(layer=layer, actor=request.user.get_username())
+
+
+@admin.register(AgentSession)
+class AgentSessionAdmin(admin.ModelAdmin):
+    """Read-only rows: a session's status changes only through the manager, here through the
+    "Kill" action (operators only)."""
+
+    list_display = ["id", "user_id", "org", "status", "created_at", "last_active_at", "ended_at"]
+    list_filter = ["status"]
+    search_fields = ["user_id"]
+    search_help_text = "A user id prefix, or a session id (or its first 4+ hex digits)."
+    show_full_result_count = False
+    actions = ["kill_sessions"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_operate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(OPERATE_PERMISSION)
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> tuple[QuerySet[Any], bool]:
+        return (queryset.search(search_term) if search_term.strip() else queryset), False  # type: ignore[attr-defined]
+
+    @admin.action(description="Kill selected sessions (through the manager)", permissions=["operate"])
+    def kill_sessions(self, request: HttpRequest, queryset: QuerySet[AgentSession]) -> None:
+        manager = SessionManager()
+        actor = request.user.get_username()
+        ids = list(queryset.filter(status=AgentSession.Status.ACTIVE).values_list("id", flat=True))
+        marked = manager.begin_cleanups(ids, actor=actor, reason="killed from the admin")
+        result = manager.finish_cleanups([s.id for s in marked], actor=actor)
+        self.message_user(request, f"Ended {len(result.ended)} session(s); {len(result.failed)} could not be cleaned up.")
+
+
+_LOOKUP_CACHE: dict[str, tuple[float, list[tuple[str, str]]]] = {}
+_LOOKUP_TTL_SECONDS = 300
+
+
+def _distinct_values(field: str) -> list[tuple[str, str]]:
+    """Distinct values of an audit column for a filter sidebar, cached for a few minutes (a
+    DISTINCT over a large audit table is not free)."""
+    hit = _LOOKUP_CACHE.get(field)
+    if hit and hit[0] > time.monotonic():
+        return hit[1]
+    values = AuditEntry.objects.order_by(field).values_list(field, flat=True).distinct()[:200]
+    lookups = [(v, v) for v in values if v]
+    _LOOKUP_CACHE[field] = (time.monotonic() + _LOOKUP_TTL_SECONDS, lookups)
+    return lookups
+
+
+class _AuditValueFilter(admin.SimpleListFilter):
+    field = ""
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return _distinct_values(self.field)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        return queryset.filter(**{self.field: value}) if value else queryset
+
+
+class EventTypeFilter(_AuditValueFilter):
+    title = "event type"
+    parameter_name = "event_type"
+    field = "event_type"
+
+
+class ActorFilter(_AuditValueFilter):
+    title = "actor"
+    parameter_name = "actor"
+    field = "actor"
+
+
+class AuditOrgFilter(_AuditValueFilter):
+    title = "org"
+    parameter_name = "org_id"
+    field = "org_id"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(o, o) for o in Org.objects.values_list("id", flat=True)[:500]]
+
+
+def _csv_cell(value: Any) -> str:
+    """Neutralise spreadsheet formulas in exported text (CSV injection)."""
+    text = "" if value is None else str(value)
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    """The append-only trail: nobody adds, changes or deletes here, superusers included."""
+
+    CSV_COLUMNS = ["at", "event_type", "actor", "user_id", "org_id", "session_id", "details"]
+
+    list_display = ["at", "event_type", "actor", "user_id", "org_id", "session_link", "details_short"]
+    list_filter = [EventTypeFilter, AuditOrgFilter, ActorFilter]
+    date_hierarchy = "at"
+    search_fields = ["user_id"]
+    search_help_text = "A session id, a user id or an actor (exact)."
+    show_full_result_count = False
+    list_per_page = 100
+    actions = ["export_selected_csv"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="session", ordering="session_id")
+    def session_link(self, obj: AuditEntry) -> str:
+        if not obj.session_id:
+            return ""
+        return format_html('<a href="{}">{}</a>', reverse("session_detail", args=[obj.session_id]), str(obj.session_id)[:8])
+
+    @admin.display(description="details")
+    def details_short(self, obj: AuditEntry) -> str:
+        text = ", ".join(f"{k}={v}" for k, v in (obj.details or {}).items())
+        return text if len(text) <= 120 else text[:117] + "..."
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> tuple[QuerySet[Any], bool]:
+        # Exact matches only, each served by an index (audit_session_at_idx, audit_user_at_idx,
+        # audit_actor_at_idx), instead of the default icontains scan of the whole table.
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        try:
+            return queryset.filter(session_id=uuid.UUID(term)), False
+        except ValueError:
+            return queryset.filter(Q(user_id=term) | Q(actor=term)), False
+
+    def get_urls(self) -> list[URLPattern]:
+        export = path("export/", self.admin_site.admin_view(self.export_view), name="sessionadmin_auditentry_export")
+        return [export, *super().get_urls()]
+
+    def export_view(self, request: HttpRequest) -> HttpResponse:
+        """Every entry the changelist shows with the same filters, search and date, as CSV."""
+        if not self.has_view_permission(request):
+            return HttpResponse(status=403)
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            return HttpResponseRedirect(reverse("admin:sessionadmin_auditentry_changelist"))
+        return self._csv_response(changelist.get_queryset(request))
+
+    @admin.action(description="Export selected entries as CSV")
+    def export_selected_csv(self, request: HttpRequest, queryset: QuerySet[AuditEntry]) -> HttpResponse:
+        return self._csv_response(queryset)
+
+    def _csv_response(self, queryset: QuerySet[AuditEntry]) -> HttpResponse:
+        import json
+
+        writer = csv.writer(_Echo())
+
+        def rows() -> Iterator[str]:
+            yield writer.writerow(self.CSV_COLUMNS)
+            for entry in queryset.order_by("-at", "-id").iterator(chunk_size=2000):
+                details = json.dumps(entry.details, sort_keys=True, default=str)
+                texts = [entry.event_type, entry.actor, entry.user_id, entry.org_id]
+                yield writer.writerow([entry.at.isoformat(), *map(_csv_cell, texts), entry.session_id or "", _csv_cell(details)])
+
+        response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="audit-entries.csv"'
+        return response  # type: ignore[return-value]
+
 
 # --- MCP servers and clients ----------------------------------------------------------------
 

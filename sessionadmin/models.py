@@ -109,6 +109,41 @@ class AgentSessionQuerySet(models.QuerySet["AgentSession"]):
     def not_pinned(self, now: datetime) -> AgentSessionQuerySet:
         return self.filter(Q(pinned_until__isnull=True) | Q(pinned_until__lte=now))
 
+    # --- dashboard reads (sessionadmin/views.py) ---
+
+    def for_dashboard(self) -> AgentSessionQuerySet:
+        """List rows: the org (for its idle timeout) joined, the number of open MCP clients as
+        a correlated subquery (served by mcpclient_unique_per_session), big text fields left out."""
+        from django.db.models import Count, OuterRef, Subquery
+        from django.db.models.functions import Coalesce
+
+        open_clients = (
+            McpClient.objects.filter(session=OuterRef("pk"))
+            .exclude(status=McpClient.Status.CLOSED)
+            .order_by()
+            .values("session")
+            .annotate(n=Count("*"))
+            .values("n")
+        )
+        return (
+            self.select_related("org")
+            .annotate(mcp_count=Coalesce(Subquery(open_clients), 0))
+            .defer("system_prompt", "prompt_provenance", "variables", "last_error", "org__prompt")
+        )
+
+    def search(self, text: str) -> AgentSessionQuerySet:
+        """A user id prefix, or a session id / its leading hex digits (4 or more) as a primary
+        key range, so both halves are index range scans."""
+        text = text.strip()
+        if not text:
+            return self
+        condition = Q(user_id__startswith=text)
+        digits = text.replace("-", "").lower()
+        if 4 <= len(digits) <= 32 and all(c in "0123456789abcdef" for c in digits):
+            low, high = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+            condition |= Q(pk__gte=low, pk__lte=high)
+        return self.filter(condition)
+
 
 class AgentSession(models.Model):
     """One agent session. Named so as not to clash with Django's own ``Session``."""

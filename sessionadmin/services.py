@@ -6,10 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Count, OuterRef, Subquery
+from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from sessionadmin import audit
 from sessionadmin.manager import InvalidInput, InvalidOrgID
-from sessionadmin.models import Org
+from sessionadmin.models import AgentSession, Org, PromptLayer
 from sessionadmin.prompts import MAX_PROMPT_LENGTH, sha256
 from sessionadmin.validation import id_problem
 
@@ -37,7 +40,13 @@ def create_org(*, org_id: str, name: str, actor: str, prompt: str = "", **limits
     if Org.objects.filter(pk=org_id).exists():
         raise InvalidInput(f"org {org_id!r} exists already")
     org = Org.objects.create(id=org_id, name=name.strip(), prompt=prompt, **limits)
-    audit.write([audit.entry("org_created", actor=actor, org_id=org.id, details={"name": org.name, **limits, "prompt_sha256": sha256(prompt)})])
+    audit.write(
+        [
+            audit.entry(
+                "org_created", actor=actor, org_id=org.id, details={"name": org.name, **limits, "prompt_sha256": sha256(prompt)}
+            )
+        ]
+    )
     return org
 
 
@@ -63,3 +72,62 @@ def update_org(*, org_id: str, actor: str, name: str | None = None, prompt: str 
         org.save(update_fields=[f if f != "prompt_sha256" else "prompt" for f in changes])
         audit.write([audit.entry("org_updated", actor=actor, org_id=org.id, details=changes)])
     return org
+
+
+# --- prompt layers (the admin edits them through these) -----------------------------------
+
+
+def _layer_details(layer: PromptLayer) -> dict[str, Any]:
+    return {
+        "layer_id": layer.pk,
+        "name": layer.name,
+        "scope": layer.scope,
+        "org": layer.org_id or "",
+        "user_id": layer.user_id,
+        "priority": layer.priority,
+        "enabled": layer.enabled,
+        "version": layer.version,
+        "body_sha256": sha256(layer.body),
+    }
+
+
+@transaction.atomic
+def save_prompt_layer(*, layer: PromptLayer, actor: str) -> PromptLayer:
+    """Insert or update a layer (validated by the caller's form): bumps ``version`` when the
+    body changes and audits the change (bodies by hash; they may be long)."""
+    if len(layer.body) > MAX_PROMPT_LENGTH:
+        raise InvalidInput(f"prompt layer is longer than {MAX_PROMPT_LENGTH} characters")
+    layer.updated_at = timezone.now()
+    if layer.pk is None:
+        layer.version = 1
+        layer.save(force_insert=True)
+        event = "prompt_layer_created"
+    else:
+        old = PromptLayer.objects.select_for_update().get(pk=layer.pk)
+        if old.body != layer.body:
+            layer.version = old.version + 1
+        layer.save()
+        event = "prompt_layer_updated"
+    audit.write(
+        [audit.entry(event, actor=actor, org_id=layer.org_id or "", user_id=layer.user_id, details=_layer_details(layer))]
+    )
+    return layer
+
+
+@transaction.atomic
+def delete_prompt_layer(*, layer: PromptLayer, actor: str) -> None:
+    details = _layer_details(layer)
+    PromptLayer.objects.filter(pk=layer.pk).delete()
+    audit.write([audit.entry("prompt_layer_deleted", actor=actor, org_id=details["org"], user_id=layer.user_id, details=details)])
+
+
+# --- dashboard reads that span several tables ----------------------------------------------
+
+
+def org_usage() -> list[Org]:
+    """Every org with ``active`` = its number of active sessions, in one query: a correlated
+    count per org served by session_org_status_user_idx (an index-only range per org)."""
+    active = (
+        AgentSession.objects.active().filter(org_id=OuterRef("pk")).order_by().values("org_id").annotate(n=Count("*")).values("n")
+    )
+    return list(Org.objects.defer("prompt").annotate(active=Coalesce(Subquery(active), 0)).order_by("id"))

@@ -1,9 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from sessionadmin import views
-
-from sessionadmin import api
+from sessionadmin import api, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -13,6 +13,7 @@ import shutil
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from sessionadmin.validation import is_valid_id
@@ -122,3 +123,151 @@ def remove_workspace(root: Path | str, user_id: str, session_id: str) -> bool:
     except OSError as exc:
         where = exc.filename or (root_path / user_id / sid)
         raise WorkspaceError(f"cannot remove workspace {root_path / user_id / sid}: {exc.strerror or exc} ({where})") from exc
+
+
+@dataclass(frozen=True)
+class WorkspaceInfo:
+    """What the dashboard shows about a workspace. ``size``/``files`` are lower bounds when
+    ``truncated`` (the walk stopped at its entry or time budget)."""
+
+    exists: bool
+    is_dir: bool = False
+    is_symlink: bool = False
+    mode: int | None = None
+    size: int = 0
+    files: int = 0
+    truncated: bool = False
+    error: str = ""
+
+    @property
+    def mode_ok(self) -> bool:
+        return self.mode == WORKSPACE_MODE
+
+    @property
+    def mode_octal(self) -> str:
+        return "" if self.mode is None else f"{self.mode:04o}"
+
+
+def inspect_workspace(path: Path | str, *, max_entries: int = 10_000, max_seconds: float = 0.5) -> WorkspaceInfo:
+    """Existence, mode, total size and file count of a workspace, without following symlinks.
+
+    The walk is bounded by ``max_entries`` and ``max_seconds`` so a huge tree never blocks a
+    page: past either budget it stops and reports ``truncated`` ("more than N files")."""
+    import time
+
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return WorkspaceInfo(exists=False)
+    except OSError as exc:
+        return WorkspaceInfo(exists=False, error=exc.strerror or str(exc))
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISLNK(st.st_mode):
+        return WorkspaceInfo(exists=True, is_symlink=True, mode=mode, error="the workspace path is a symlink")
+    if not stat.S_ISDIR(st.st_mode):
+        return WorkspaceInfo(exists=True, mode=mode, size=st.st_size, error="the workspace path is not a directory")
+    deadline = time.monotonic() + max_seconds
+    size = files = entries = 0
+    truncated = False
+    error = ""
+    stack = [str(path)]
+    while stack and not truncated:
+        current = stack.pop()
+        try:
+            with os.scandir(current) as it:
+                for entry in it:
+                    entries += 1
+                    if entries > max_entries or (entries % 256 == 0 and time.monotonic() > deadline):
+                        truncated = True
+                        break
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(entry.path)
+                        else:
+                            files += 1
+                            size += entry.stat(follow_symlinks=False).st_size
+                    except OSError:
+                        continue
+        except OSError as exc:
+            error = error or f"cannot read {current}: {exc.strerror or exc}"
+    return WorkspaceInfo(exists=True, is_dir=True, mode=mode, size=size, files=files, truncated=truncated, error=error)
+
+
+# --- reconciliation helpers (maintenance.py) ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RootEntry:
+    """One entry of the workspace root: a user level entry (``name`` None) or a session level
+    entry below a user directory. ``kind`` is "dir", "symlink", "file" or "other" (lstat)."""
+
+    user: str
+    name: str | None
+    kind: str
+    mode: int
+    mtime: float
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    if stat.S_ISDIR(mode):
+        return "dir"
+    return "file" if stat.S_ISREG(mode) else "other"
+
+
+def scan_root(root: Path | str) -> Iterator[RootEntry]:
+    """Every entry at the two levels of the root, read with lstat through O_NOFOLLOW directory
+    descriptors: a symlink is reported as such, never entered. A missing root is empty."""
+    root_path = Path(root).resolve()
+    try:
+        root_fd = os.open(root_path, _DIR_FLAGS)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise WorkspaceError(f"cannot open workspace root {root_path}: {exc.strerror or exc}") from exc
+    try:
+        with os.scandir(root_fd) as users:
+            user_entries = [(e.name, e.stat(follow_symlinks=False)) for e in users]
+        for user, st in user_entries:
+            yield RootEntry(user, None, _kind(st.st_mode), stat.S_IMODE(st.st_mode), st.st_mtime)
+            if not stat.S_ISDIR(st.st_mode):
+                continue
+            try:
+                user_fd = os.open(user, _DIR_FLAGS, dir_fd=root_fd)
+            except OSError:
+                continue  # replaced or removed since the listing
+            try:
+                with os.scandir(user_fd) as sessions:
+                    for e in sessions:
+                        sst = e.stat(follow_symlinks=False)
+                        yield RootEntry(user, e.name, _kind(sst.st_mode), stat.S_IMODE(sst.st_mode), sst.st_mtime)
+            finally:
+                os.close(user_fd)
+    finally:
+        os.close(root_fd)
+
+
+def fix_mode(root: Path | str, user: str, name: str | None = None) -> None:
+    """chmod 0700 a user directory or a session directory, through O_NOFOLLOW descriptors (a
+    symlink in the path is refused, so nothing outside the root changes mode)."""
+    root_path = Path(root).resolve()
+    try:
+        with _open_dir(root_path) as root_fd, _open_dir(user, dir_fd=root_fd) as user_fd:
+            if name is None:
+                os.fchmod(user_fd, WORKSPACE_MODE)
+            else:
+                with _open_dir(name, dir_fd=user_fd) as fd:
+                    os.fchmod(fd, WORKSPACE_MODE)
+    except OSError as exc:
+        raise WorkspaceError(f"cannot fix the mode of {root_path / user / (name or '')}: {exc.strerror or exc}") from exc
+
+
+def remove_empty_user_dir(root: Path | str, user: str) -> bool:
+    """rmdir a user directory if it is (still) empty; False otherwise."""
+    try:
+        with _open_dir(Path(root).resolve()) as root_fd:
+            os.rmdir(user, dir_fd=root_fd)
+        return True
+    except OSError:
+        return False

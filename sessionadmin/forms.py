@@ -1,0 +1,203 @@
+"""Dashboard forms. They check shape only; the service layer (manager, services) owns the rules
+and its errors are attached back to the fields they concern by the views."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django import forms
+from django.utils import timezone
+
+from sessionadmin.manager import MAX_REASON_LENGTH
+from sessionadmin.models import AgentSession
+from sessionadmin.prompts import MAX_PROMPT_LENGTH
+from sessionadmin.validation import MAX_ID_LENGTH, validate_org_id_field, validate_user_id_field
+
+STATUS_FILTERS = [
+    ("live", "Live (active + terminating)"),
+    ("active", "Active"),
+    ("terminating", "Terminating"),
+    ("ended", "Ended"),
+    ("failed", "Failed"),
+    ("all", "All"),
+]
+# Sort key -> ordering. The id tie-breaker keeps pages stable when times are equal.
+SORTS: dict[str, list[str]] = {
+    "-created": ["-created_at", "-id"],
+    "created": ["created_at", "id"],
+    "-last_active": ["-last_active_at", "-id"],
+    "last_active": ["last_active_at", "id"],
+    "user": ["user_id", "-created_at"],
+    "-user": ["-user_id", "-created_at"],
+    "org": ["org_id", "-created_at"],
+    "-org": ["-org_id", "-created_at"],
+    "status": ["status", "-created_at"],
+    "-status": ["-status", "-created_at"],
+}
+
+
+class DashboardForm(forms.Form):
+    label_suffix = ""
+
+
+class SessionFilterForm(DashboardForm):
+    """The list's query string. Invalid values fall back to the defaults instead of erroring:
+    a bookmarked URL should never break the home page."""
+
+    q = forms.CharField(required=False, max_length=MAX_ID_LENGTH, label="Search")
+    org = forms.CharField(required=False, max_length=MAX_ID_LENGTH)
+    user = forms.CharField(required=False, max_length=MAX_ID_LENGTH)
+    status = forms.ChoiceField(required=False, choices=STATUS_FILTERS)
+    sort = forms.ChoiceField(required=False, choices=[(k, k) for k in SORTS])
+    page = forms.IntegerField(required=False, min_value=1, max_value=100_000)
+
+    def values(self) -> dict[str, Any]:
+        self.is_valid()  # cleaned_data keeps the fields that are valid on their own
+        data = self.cleaned_data
+        return {
+            "q": (data.get("q") or "").strip(),
+            "org": (data.get("org") or "").strip(),
+            "user": (data.get("user") or "").strip(),
+            "status": data.get("status") or "live",
+            "sort": data.get("sort") or "-created",
+            "page": data.get("page") or 1,
+        }
+
+
+def parse_variables(text: str) -> dict[str, str]:
+    """``name=value`` lines; blank lines and ``#`` comments are ignored."""
+    out: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        if not sep:
+            raise forms.ValidationError(f"Line {number}: expected name=value.", code="invalid_variables")
+        out[name.strip()] = value.strip()
+    return out
+
+
+class SessionCreateForm(DashboardForm):
+    org = forms.CharField(max_length=MAX_ID_LENGTH, label="Org", widget=forms.Select)
+    user_id = forms.CharField(max_length=MAX_ID_LENGTH, label="User id", validators=[validate_user_id_field])
+    variables = forms.CharField(
+        required=False,
+        label="Prompt variables",
+        widget=forms.Textarea(attrs={"rows": 3, "placeholder": "team=core\nlanguage=en"}),
+        help_text="Optional, one name=value per line.",
+    )
+
+    def __init__(self, *args: Any, org_choices: list[tuple[str, str]] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["org"].widget.choices = [("", "Choose an org…"), *(org_choices or [])]
+
+    def clean_variables(self) -> dict[str, str]:
+        return parse_variables(self.cleaned_data.get("variables") or "")
+
+
+class ReasonForm(DashboardForm):
+    reason = forms.CharField(
+        max_length=MAX_REASON_LENGTH,
+        widget=forms.TextInput(attrs={"placeholder": "Why?"}),
+        error_messages={"required": "A reason is required."},
+    )
+
+    def clean_reason(self) -> str:
+        reason = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise forms.ValidationError("A reason is required.", code="required")
+        return reason
+
+
+class SessionIdsField(forms.Field):
+    """Checked rows of the list: a list of session UUIDs (unknown ones are simply not found)."""
+
+    widget = forms.MultipleHiddenInput
+    default_error_messages = {"required": "Select at least one session.", "invalid": "Invalid session id."}
+
+    def to_python(self, value: Any) -> list[uuid.UUID]:
+        if not value:
+            return []
+        out: list[uuid.UUID] = []
+        for item in value if isinstance(value, list | tuple) else [value]:
+            try:
+                out.append(uuid.UUID(str(item)))
+            except ValueError:
+                raise forms.ValidationError(self.error_messages["invalid"], code="invalid")
+        if len(out) > 500:
+            raise forms.ValidationError("At most 500 sessions at a time.", code="too_many")
+        return list(dict.fromkeys(out))
+
+
+class BulkKillForm(ReasonForm):
+    ids = SessionIdsField()
+    next = forms.CharField(required=False, widget=forms.HiddenInput)
+
+
+class PinForm(DashboardForm):
+    until = forms.DateTimeField(
+        label="Pinned until",
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+    )
+    reason = forms.CharField(
+        max_length=MAX_REASON_LENGTH,
+        widget=forms.TextInput(attrs={"placeholder": "Why keep it?"}),
+        error_messages={"required": "A reason is required."},
+    )
+
+    def __init__(self, *args: Any, now: datetime | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.now = now
+
+    def clean_until(self) -> datetime:
+        until: datetime = self.cleaned_data["until"]
+        if until <= (self.now or timezone.now()):
+            raise forms.ValidationError("The pin must end in the future.", code="past")
+        return until
+
+    def clean_reason(self) -> str:
+        reason = self.cleaned_data["reason"].strip()
+        if not reason:
+            raise forms.ValidationError("A reason is required.", code="required")
+        return reason
+
+
+class PromptForm(DashboardForm):
+    prompt = forms.CharField(
+        required=False,
+        strip=False,
+        max_length=MAX_PROMPT_LENGTH,
+        widget=forms.Textarea(attrs={"rows": 12, "spellcheck": "false"}),
+    )
+
+
+class OrgForm(DashboardForm):
+    """Create (with ``id``) or edit (``id`` shown read-only) an org."""
+
+    id = forms.CharField(max_length=MAX_ID_LENGTH, label="Org id", validators=[validate_org_id_field])
+    name = forms.CharField(max_length=200)
+    max_sessions = forms.IntegerField(required=False, min_value=1, max_value=10**9, label="Max sessions")
+    max_sessions_per_user = forms.IntegerField(required=False, min_value=1, max_value=10**9, label="Max per user")
+    idle_timeout_seconds = forms.IntegerField(
+        required=False, min_value=1, max_value=10**9, label="Idle timeout (s)", help_text="Empty = the global default."
+    )
+    prompt = forms.CharField(
+        required=False, strip=False, max_length=MAX_PROMPT_LENGTH, widget=forms.Textarea(attrs={"rows": 6}), label="Org prompt"
+    )
+
+    def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if editing:
+            del self.fields["id"]
+
+    def limits(self) -> dict[str, int | None]:
+        return {f: self.cleaned_data.get(f) for f in ("max_sessions", "max_sessions_per_user", "idle_timeout_seconds")}
+
+
+def initial_pin_until(session: AgentSession) -> str:
+    base = session.pinned_until or timezone.now()
+    return timezone.localtime(base).strftime("%Y-%m-%dT%H:%M")

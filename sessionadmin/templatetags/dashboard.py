@@ -1,0 +1,65 @@
+"""Small template helpers of the dashboard: relative times with the exact time on hover, and
+status badges."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from django import template
+from django.contrib.humanize.templatetags.humanize import naturaltime
+from django.utils import timezone
+from django.utils.html import format_html
+
+register = template.Library()
+
+
+@register.simple_tag
+def reltime(value: datetime | None, empty: str = "—") -> str:
+    """``<time>`` showing "3 minutes ago" / "in 2 hours", the exact local time as its title."""
+    if value is None:
+        return format_html('<span class="muted">{}</span>', empty)
+    local = timezone.localtime(value)
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>',
+        value.isoformat(),
+        local.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        naturaltime(value),
+    )
+
+
+@register.simple_tag
+def badge(status: str, label: str = "") -> str:
+    return format_html('<span class="badge badge-{}">{}</span>', status, label or status)
+
+
+@register.filter
+def filesize(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TB"
+
+
+@register.simple_tag
+def sort_link(current: str, key: str, label: str, query: str, descending_first: bool = False) -> str:
+    """A column header that sorts by ``key`` and toggles the direction on a second click."""
+    first = f"-{key}" if descending_first else key
+    other = key if first.startswith("-") else f"-{key}"
+    target = other if current == first else first
+    arrow = ""
+    if current.lstrip("-") == key:
+        arrow = " ↓" if current.startswith("-") else " ↑"
+    href = f"?{query}&sort={target}" if query else f"?sort={target}"
+    return format_html('<a class="sort{}" href="{}">{}{}</a>', " sorted" if arrow else "", href, label, arrow)
+
+
+@register.filter
+def duration(seconds: int | None) -> str:
+    if not seconds:
+        return ""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size} {unit}"
+    return f"{seconds} s"

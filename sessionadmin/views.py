@@ -1,0 +1,531 @@
+"""The operator dashboard: small typed views over the service layer.
+
+Access: everything is behind login (``LoginRequiredMiddleware``). Users with the view
+permission see everything; operators (``sessionadmin.operate_sessions``) may also act. A user
+without the view permission gets 403 on pages and 404 on any session; a viewer's POST is 403.
+
+Each page renders one template; htmx requests get one of its inline partials
+(``page.html#name``), chosen by the id of the element that asked (``HX-Target``). Viewing is
+not activity: sessions are read with querysets here, never with ``SessionManager.get_session``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
+
+from django.conf import settings
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
+
+from sessionadmin import services
+from sessionadmin.forms import (
+    SORTS,
+    STATUS_FILTERS,
+    BulkKillForm,
+    OrgForm,
+    PinForm,
+    PromptForm,
+    ReasonForm,
+    SessionCreateForm,
+    SessionFilterForm,
+    initial_pin_until,
+)
+from sessionadmin.manager import (
+    InvalidInput,
+    InvalidOrgID,
+    InvalidUserID,
+    MaxSessionsReached,
+    SessionError,
+    SessionManager,
+    SessionNotFound,
+    WorkspaceCreationError,
+    WorkspaceRemovalError,
+)
+from sessionadmin.models import AgentSession, AuditEntry, Org, PromptLayer
+from sessionadmin.roles import OPERATE_PERMISSION
+from sessionadmin.workspaces import inspect_workspace
+
+VIEW_PERMISSION = "sessionadmin.view_agentsession"
+PER_PAGE = 50
+AUDIT_TIMELINE_LIMIT = 100
+HEADLINE_ORGS = 6
+# The client event that makes the live parts of a page refresh after an htmx mutation.
+CHANGED_EVENT = "session-changed"
+
+P = ParamSpec("P")
+R = TypeVar("R", bound=HttpResponseBase)
+
+
+# --- access ------------------------------------------------------------------------------------
+
+
+def can_view(request: HttpRequest) -> bool:
+    return request.user.has_perm(VIEW_PERMISSION)
+
+
+def can_operate(request: HttpRequest) -> bool:
+    return request.user.has_perm(OPERATE_PERMISSION)
+
+
+def actor_of(request: HttpRequest) -> str:
+    return request.user.get_username()
+
+
+def viewer_required(view: Callable[P, R]) -> Callable[P, R]:
+    """403 for logged-in users who may not look at the dashboard."""
+
+    @wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        request = args[0]
+        assert isinstance(request, HttpRequest)
+        if not can_view(request):
+            raise PermissionDenied("You may not view the dashboard.")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def operator_required(view: Callable[P, R]) -> Callable[P, R]:
+    """403 for users who may look but not act (viewers) and for users with no role."""
+
+    @wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        request = args[0]
+        assert isinstance(request, HttpRequest)
+        if not can_operate(request):
+            raise PermissionDenied("Only operators may do this.")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def get_session_for(request: HttpRequest, session_id: uuid.UUID | str, *, act: bool, queryset: Any = None) -> AgentSession:
+    """The session, for this user: 404 to users who may not view sessions (and for unknown
+    ids), 403 when ``act`` and the user may only look. Never counts as session activity."""
+    if not can_view(request):
+        raise Http404("No such session.")
+    if act and not can_operate(request):
+        raise PermissionDenied("Only operators may change sessions.")
+    try:
+        sid = uuid.UUID(str(session_id))
+    except ValueError:
+        raise Http404("No such session.")
+    qs = queryset if queryset is not None else AgentSession.objects.select_related("org")
+    session = qs.filter(pk=sid).first()
+    if session is None:
+        raise Http404("No such session.")
+    return session
+
+
+def _htmx_target(request: HttpRequest) -> str | None:
+    htmx = getattr(request, "htmx", None)
+    if not htmx or htmx.boosted:
+        return None
+    return str(htmx.target) if htmx.target else ""
+
+
+def _is_htmx(request: HttpRequest) -> bool:
+    return bool(getattr(request, "htmx", False))
+
+
+def _safe_next(request: HttpRequest, value: str | None, default: str) -> str:
+    if value and url_has_allowed_host_and_scheme(value, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+        return value
+    return default
+
+
+def _done(request: HttpRequest, url: str) -> HttpResponse:
+    """After a mutation: a redirect, or for htmx a client-side redirect (a full page load)."""
+    return HttpResponseClientRedirect(url) if _is_htmx(request) else redirect(url)
+
+
+# --- session list ------------------------------------------------------------------------------
+
+
+def _filtered_sessions(filters: dict[str, Any]) -> Any:
+    qs = AgentSession.objects.for_dashboard()
+    status = filters["status"]
+    if status == "live":
+        qs = qs.live()
+    elif status != "all":
+        qs = qs.filter(status=status)
+    if filters["org"]:
+        qs = qs.filter(org_id=filters["org"])
+    if filters["user"]:
+        qs = qs.filter(user_id=filters["user"])
+    if filters["q"]:
+        qs = qs.search(filters["q"])
+    return qs.order_by(*SORTS[filters["sort"]])
+
+
+def _headline(orgs: list[Org]) -> dict[str, Any]:
+    active = sum(o.active for o in orgs)  # type: ignore[attr-defined]
+    limit = settings.SESSIONADMIN_MAX_CONCURRENT
+    limited = [o for o in orgs if o.max_sessions]
+    limited.sort(key=lambda o: (-(o.active / o.max_sessions), o.id))  # type: ignore[attr-defined]
+    return {
+        "active": active,
+        "limit": limit,
+        "percent": min(100, round(100 * active / limit)) if limit else None,
+        "orgs": [
+            {"org": o, "active": o.active, "limit": o.max_sessions, "percent": min(100, round(100 * o.active / o.max_sessions))}  # type: ignore[attr-defined]
+            for o in limited[:HEADLINE_ORGS]
+        ],
+        "more_orgs": max(0, len(limited) - HEADLINE_ORGS),
+    }
+
+
+def _with_deadlines(rows: list[AgentSession]) -> list[AgentSession]:
+    default = timedelta(seconds=settings.SESSIONADMIN_IDLE_TIMEOUT_SECONDS)
+    now = timezone.now()
+    for row in rows:
+        row.deadline = row.idle_deadline(default)  # type: ignore[attr-defined]
+        row.pinned = bool(row.pinned_until and row.pinned_until > now)  # type: ignore[attr-defined]
+    return rows
+
+
+@require_GET
+@viewer_required
+def session_list(request: HttpRequest) -> HttpResponse:
+    filters = SessionFilterForm(request.GET).values()
+    page = filters["page"]
+    start = (page - 1) * PER_PAGE
+    # No COUNT(*): one extra row says whether a next page exists.
+    rows = list(_filtered_sessions(filters)[start : start + PER_PAGE + 1])
+    has_next = len(rows) > PER_PAGE
+    orgs = services.org_usage()
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {
+        "sessions": _with_deadlines(rows[:PER_PAGE]),
+        "filters": filters,
+        "page": page,
+        "has_next": has_next,
+        "first_row": start + 1,
+        "last_row": start + min(len(rows), PER_PAGE),
+        "base_query": query.urlencode(),
+        "sort_query": _without(request, "sort", "page"),
+        "headline": _headline(orgs),
+        "orgs": orgs,
+        "status_choices": STATUS_FILTERS,
+        "can_operate": can_operate(request),
+        "create_form": SessionCreateForm(org_choices=_org_choices(orgs)),
+        "bulk_form": BulkKillForm(initial={"next": request.get_full_path()}),
+    }
+    template = "sessionadmin/session_list.html"
+    if _htmx_target(request) == "session-live":
+        template += "#live"
+    return render(request, template, context)
+
+
+def _without(request: HttpRequest, *names: str) -> str:
+    query = request.GET.copy()
+    for name in names:
+        query.pop(name, None)
+    return query.urlencode()
+
+
+def _org_choices(orgs: list[Org]) -> list[tuple[str, str]]:
+    return [(o.id, o.id if o.name == o.id else f"{o.id} — {o.name}") for o in orgs]
+
+
+@require_POST
+@operator_required
+def session_bulk_kill(request: HttpRequest) -> HttpResponse:
+    form = BulkKillForm(request.POST)
+    back = _safe_next(request, request.POST.get("next"), reverse("session_list"))
+    if not form.is_valid():
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(request, f"Nothing was killed: {error}")
+        return _done(request, back)
+    manager = SessionManager()
+    actor = actor_of(request)
+    try:
+        marked = manager.begin_cleanups(form.cleaned_data["ids"], actor=actor, reason=form.cleaned_data["reason"])
+    except InvalidInput as exc:
+        messages.error(request, f"Nothing was killed: {exc}")
+        return _done(request, back)
+    result = manager.finish_cleanups([s.id for s in marked], actor=actor)
+    skipped = len(form.cleaned_data["ids"]) - len(marked)
+    if result.ended:
+        messages.success(request, f"Ended {len(result.ended)} session{'s' if len(result.ended) != 1 else ''}.")
+    if result.failed:
+        messages.error(
+            request, f"{len(result.failed)} workspace(s) could not be removed; those sessions stay terminating (see their pages)."
+        )
+    if skipped:
+        messages.warning(request, f"{skipped} selected session(s) were not active any more and were left alone.")
+    return _done(request, back)
+
+
+# --- create ------------------------------------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@operator_required
+def session_create(request: HttpRequest) -> HttpResponse:
+    orgs = list(Org.objects.only("id", "name").order_by("id"))
+    form = SessionCreateForm(
+        request.POST if request.method == "POST" else None,
+        org_choices=_org_choices(orgs),
+        initial={"org": request.GET.get("org", "")},
+    )
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        try:
+            session = SessionManager().create_session(
+                data["user_id"], data["org"], actor=actor_of(request), variables=data["variables"] or None
+            )
+        except InvalidOrgID as exc:
+            form.add_error("org", str(exc))
+        except InvalidUserID as exc:
+            form.add_error("user_id", str(exc))
+        except InvalidInput as exc:
+            form.add_error("variables", str(exc))
+        except MaxSessionsReached as exc:
+            form.add_error(None, f"The {exc.limit} limit is full: {exc}")
+        except (WorkspaceCreationError, SessionError) as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Session {session.short_id} created for {session.user_id} in {session.org_id}.")
+            return _done(request, reverse("session_detail", args=[session.id]))
+    template = "sessionadmin/session_create.html"
+    if _htmx_target(request) == "create-form":
+        template += "#create-form"
+    return render(request, template, {"create_form": form})
+
+
+# --- detail ------------------------------------------------------------------------------------
+
+
+def _detail_context(request: HttpRequest, session: AgentSession, **forms: Any) -> dict[str, Any]:
+    entries = list(AuditEntry.objects.for_session(session.id).order_by("-at", "-id")[: AUDIT_TIMELINE_LIMIT + 1])
+    layer_ids = [p["id"] for p in session.prompt_provenance if p.get("kind") in PromptLayer.Scope.values and "id" in p]
+    current = (
+        {layer.id: layer for layer in PromptLayer.objects.filter(pk__in=layer_ids).only("id", "version", "enabled")}
+        if layer_ids
+        else {}
+    )
+    provenance = []
+    for item in session.prompt_provenance:
+        layer = current.get(item.get("id")) if item.get("kind") in PromptLayer.Scope.values else None
+        provenance.append(
+            {
+                **item,
+                "current_version": layer.version if layer else None,
+                "gone": item.get("kind") in PromptLayer.Scope.values and layer is None,
+            }
+        )
+    _with_deadlines([session])
+    return {
+        "session": session,
+        "entries": entries[:AUDIT_TIMELINE_LIMIT],
+        "more_entries": len(entries) > AUDIT_TIMELINE_LIMIT,
+        "provenance": provenance,
+        "can_operate": can_operate(request),
+        "kill_form": forms.get("kill_form") or ReasonForm(),
+        "pin_form": forms.get("pin_form") or PinForm(initial={"until": initial_pin_until(session)}),
+        "prompt_form": forms.get("prompt_form") or PromptForm(initial={"prompt": session.system_prompt}),
+        "admin_audit_url": reverse("admin:sessionadmin_auditentry_changelist") + f"?q={session.id}",
+    }
+
+
+@require_GET
+def session_detail(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
+    session = get_session_for(request, session_id, act=False)
+    template = "sessionadmin/session_detail.html"
+    target = _htmx_target(request)
+    if target in ("detail-live", "detail-timeline"):
+        template += "#live" if target == "detail-live" else "#timeline"
+    return render(request, template, _detail_context(request, session))
+
+
+@require_GET
+def session_workspace(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
+    """The workspace facts, loaded by the detail page after it has rendered (a bounded walk)."""
+    session = get_session_for(
+        request, session_id, act=False, queryset=AgentSession.objects.only("id", "workspace_path", "status")
+    )
+    info = inspect_workspace(session.workspace_path)
+    return render(request, "sessionadmin/session_detail.html#workspace", {"session": session, "workspace": info})
+
+
+def _invalid(request: HttpRequest, session: AgentSession, partial: str, **forms: Any) -> HttpResponse:
+    """A form with errors: its partial for htmx, else the whole page with the errors inline."""
+    template = "sessionadmin/session_detail.html"
+    if _is_htmx(request):
+        template += f"#{partial}"
+    return render(request, template, _detail_context(request, session, **forms))
+
+
+@require_POST
+def session_kill(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
+    session = get_session_for(request, session_id, act=True)
+    form = ReasonForm(request.POST)
+    if not form.is_valid():
+        return _invalid(request, session, "kill-form", kill_form=form)
+    try:
+        SessionManager().cleanup_session(session.id, actor=actor_of(request), reason=form.cleaned_data["reason"])
+    except SessionNotFound:
+        messages.error(request, "This session has already ended.")
+    except WorkspaceRemovalError as exc:
+        messages.error(request, f"The workspace could not be removed, so the session stays terminating: {exc}")
+    except InvalidInput as exc:
+        form.add_error("reason", str(exc))
+        return _invalid(request, session, "kill-form", kill_form=form)
+    else:
+        messages.success(request, "Session ended.")
+    return _done(request, reverse("session_detail", args=[session.id]))
+
+
+@require_POST
+def session_pin(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
+    """Pin against idle cleanup until a time (``unpin`` in the POST removes the pin)."""
+    session = get_session_for(request, session_id, act=True)
+    manager = SessionManager()
+    actor = actor_of(request)
+    form = PinForm(request.POST)
+    try:
+        if "unpin" in request.POST:
+            session = manager.unpin_session(session.id, actor=actor)
+            notice = "Pin removed."
+        elif form.is_valid():
+            session = manager.pin_session(
+                session.id, until=form.cleaned_data["until"], reason=form.cleaned_data["reason"], actor=actor
+            )
+            notice = f"Pinned until {timezone.localtime(form.cleaned_data['until']):%Y-%m-%d %H:%M %Z}."
+        else:
+            return _invalid(request, session, "pin-form", pin_form=form)
+    except SessionNotFound:
+        form.add_error(None, "Only active sessions can be pinned.")
+        return _invalid(request, session, "pin-form", pin_form=form)
+    except InvalidInput as exc:
+        form.add_error(None, str(exc))
+        return _invalid(request, session, "pin-form", pin_form=form)
+    return _saved(request, session.id, "pin-form", notice)
+
+
+def _saved(request: HttpRequest, session_id: uuid.UUID, partial: str, notice: str) -> HttpResponse:
+    """A successful htmx form re-renders its partial with the notice and tells the page's live
+    parts to refresh; a plain POST redirects with a message."""
+    if not _is_htmx(request):
+        messages.success(request, notice)
+        return redirect(reverse("session_detail", args=[session_id]))
+    session = get_session_for(request, session_id, act=False)
+    context = {**_detail_context(request, session), "notice": notice}
+    response = render(request, f"sessionadmin/session_detail.html#{partial}", context)
+    return trigger_client_event(response, CHANGED_EVENT)
+
+
+@require_POST
+def session_prompt(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
+    session = get_session_for(request, session_id, act=True)
+    form = PromptForm(request.POST)
+    if form.is_valid():
+        try:
+            SessionManager().update_system_prompt(session.id, form.cleaned_data["prompt"], actor=actor_of(request))
+        except SessionNotFound:
+            form.add_error(None, "Only active sessions can have their prompt edited.")
+        except InvalidInput as exc:
+            form.add_error("prompt", str(exc))
+        else:
+            return _saved(request, session.id, "prompt-form", "System prompt saved.")
+    return _invalid(request, session, "prompt-form", prompt_form=form)
+
+
+# --- orgs --------------------------------------------------------------------------------------
+
+
+@require_GET
+@viewer_required
+def org_list(request: HttpRequest) -> HttpResponse:
+    return _org_page(request, OrgForm())
+
+
+def _org_page(request: HttpRequest, form: OrgForm) -> HttpResponse:
+    template = "sessionadmin/org_list.html"
+    if _is_htmx(request) and request.method == "POST":
+        template += "#org-create"
+    orgs = services.org_usage()
+    return render(
+        request,
+        template,
+        {
+            "orgs": orgs,
+            "org_form": form,
+            "can_operate": can_operate(request),
+            "default_idle": settings.SESSIONADMIN_IDLE_TIMEOUT_SECONDS,
+            "global_limit": settings.SESSIONADMIN_MAX_CONCURRENT,
+        },
+    )
+
+
+@require_POST
+@operator_required
+def org_create(request: HttpRequest) -> HttpResponse:
+    form = OrgForm(request.POST)
+    if form.is_valid():
+        try:
+            org = services.create_org(
+                org_id=form.cleaned_data["id"],
+                name=form.cleaned_data["name"],
+                prompt=form.cleaned_data["prompt"],
+                actor=actor_of(request),
+                **form.limits(),
+            )
+        except InvalidOrgID as exc:
+            form.add_error("id", str(exc))
+        except InvalidInput as exc:
+            form.add_error("id" if "exists" in str(exc) else None, str(exc))
+        else:
+            messages.success(request, f"Org {org.id} created.")
+            return _done(request, reverse("org_list"))
+    return _org_page(request, form)
+
+
+@require_http_methods(["GET", "POST"])
+@operator_required
+def org_edit(request: HttpRequest, org_id: str) -> HttpResponse:
+    org = Org.objects.filter(pk=org_id).first()
+    if org is None:
+        raise Http404("No such org.")
+    if request.method == "POST":
+        form = OrgForm(request.POST, editing=True)
+        if form.is_valid():
+            try:
+                services.update_org(
+                    org_id=org.id,
+                    actor=actor_of(request),
+                    name=form.cleaned_data["name"],
+                    prompt=form.cleaned_data["prompt"],
+                    **form.limits(),
+                )
+            except SessionError as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, f"Org {org.id} saved.")
+                return _done(request, reverse("org_list"))
+    else:
+        form = OrgForm(
+            editing=True,
+            initial={
+                "name": org.name,
+                "prompt": org.prompt,
+                "max_sessions": org.max_sessions,
+                "max_sessions_per_user": org.max_sessions_per_user,
+                "idle_timeout_seconds": org.idle_timeout_seconds,
+            },
+        )
+    return render(request, "sessionadmin/org_edit.html", {"org": org, "org_form": form})
