@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Count, OuterRef, Subquery
+from django.db.models import BooleanField, Count, ExpressionWrapper, OuterRef, Q, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -130,4 +130,6 @@ def org_usage() -> list[Org]:
     active = (
         AgentSession.objects.active().filter(org_id=OuterRef("pk")).order_by().values("org_id").annotate(n=Count("*")).values("n")
     )
-    return list(Org.objects.defer("prompt").annotate(active=Coalesce(Subquery(active), 0)).order_by("id"))
+    has_prompt = ExpressionWrapper(~Q(prompt=""), output_field=BooleanField())
+    orgs = Org.objects.defer("prompt").annotate(active=Coalesce(Subquery(active), 0), has_prompt=has_prompt)
+    return list(orgs.order_by("id"))

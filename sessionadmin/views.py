@@ -324,6 +324,7 @@ def _detail_context(request: HttpRequest, session: AgentSession, **forms: Any) -
         provenance.append(
             {
                 **item,
+                "label": item.get("name") or item.get("composer") or item.get("kind", ""),
                 "current_version": layer.version if layer else None,
                 "gone": item.get("kind") in PromptLayer.Scope.values and layer is None,
             }

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime, timedelta
 
 import time_machine
 from django.test import override_settings
@@ -13,7 +12,7 @@ from django.urls import reverse
 from sessionadmin.models import AgentSession, AuditEntry, McpClient
 from tests.base import BaseTestCase
 
-NOW = datetime(2026, 3, 2, 12, 0, tzinfo=dt_timezone.utc)
+NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
 
 def make_row(org_id: str, user_id: str, *, status: str = "active", minutes_ago: int = 0, sid: str | None = None) -> AgentSession:
@@ -134,7 +133,7 @@ class SessionListTestCase(BaseTestCase):
         r = self.client.get(self.url, {"page": 2})
         self.assertEqual([s.user_id for s in r.context["sessions"]], ["u-047", "u-048", "u-049", "u-050"])
         self.assertFalse(r.context["has_next"])
-        self.assertContains(r, "rows 51–54")
+        self.assertContains(r, "rows 51\u201354")
         r = self.client.get(self.url, {"page": 9})
         self.assertContains(r, "No sessions on page 9")
 
