@@ -7,16 +7,19 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
+from django.template import engines
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
-from sessionadmin import services
+from sessionadmin import services, tokens
 from sessionadmin.manager import SessionManager
-from sessionadmin.models import AgentSession, AuditEntry, Org, PromptLayer
+from sessionadmin.models import AgentSession, ApiToken, AuditEntry, Org, PromptLayer
 from sessionadmin.roles import OPERATE_PERMISSION
 
 # --- Orgs, prompt layers, sessions, audit entries -------------------------------------------
@@ -249,3 +252,78 @@ class AuditEntryAdmin(admin.ModelAdmin):
 # --- Maintenance runs -----------------------------------------------------------------------
 
 # --- API tokens -----------------------------------------------------------------------------
+
+
+class ApiTokenForm(forms.ModelForm):
+    class Meta:
+        model = ApiToken
+        fields = ["name", "org", "can_read_secrets", "expires_at"]
+
+    def clean_expires_at(self) -> Any:
+        expires_at = self.cleaned_data.get("expires_at")
+        if expires_at is not None and expires_at <= timezone.now():
+            raise forms.ValidationError("The expiry must be in the future.")
+        return expires_at
+
+
+_TOKEN_CREATED_TEMPLATE = """{% extends "admin/base_site.html" %}
+{% block content %}<h1>API token “{{ token.name }}” created</h1>
+<p>Copy it now: it is shown only this once (only its hash is stored).</p>
+<pre id="api-token" style="font-size:1.2em;padding:1em;background:var(--darkened-bg)">{{ raw }}</pre>
+<p><a href="{{ back }}">Back to the API tokens</a></p>{% endblock %}"""
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are created through ``tokens.create_token`` (the plaintext is shown once, on the
+    page after "Save") and revoked, never edited or deleted; the hash is never displayed."""
+
+    form = ApiTokenForm
+    list_display = ["name", "prefix", "org", "can_read_secrets", "expires_at", "revoked_at", "last_used_at", "created_by"]
+    list_filter = ["can_read_secrets", "org"]
+    search_fields = ["name", "prefix"]
+    readonly_fields = ["prefix", "created_at", "created_by", "revoked_at", "last_used_at"]
+    actions = ["revoke_tokens"]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
+        fields: list[Any] = ["name", "org", "can_read_secrets", "expires_at"]
+        return fields if obj is None else [*fields, *self.readonly_fields]
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [] if obj is None else ["name", "org", "can_read_secrets", "expires_at", *self.readonly_fields]
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_revoke_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("sessionadmin.change_apitoken")
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form: Any, change: bool) -> None:
+        if change:
+            return  # every field is read-only once created
+        token, raw = tokens.create_token(
+            name=obj.name,
+            actor=request.user.get_username(),
+            org=obj.org,
+            can_read_secrets=obj.can_read_secrets,
+            expires_at=obj.expires_at,
+        )
+        obj.pk, obj.prefix, obj.created_at = token.pk, token.prefix, token.created_at
+        obj._state.adding = False
+        request._api_token_plaintext = raw  # type: ignore[attr-defined]
+
+    def response_add(self, request: HttpRequest, obj: ApiToken, post_url_continue: str | None = None) -> HttpResponse:
+        raw = getattr(request, "_api_token_plaintext", None)
+        if raw is None:
+            return super().response_add(request, obj, post_url_continue)
+        template = engines["django"].from_string(_TOKEN_CREATED_TEMPLATE)
+        context = {**self.admin_site.each_context(request), "token": obj, "raw": raw,
+                   "back": reverse("admin:sessionadmin_apitoken_changelist")}  # fmt: skip
+        return HttpResponse(template.render(context, request))  # the admin adds never_cache
+
+    @admin.action(description="Revoke selected tokens", permissions=["revoke"])
+    def revoke_tokens(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        names = list(queryset.filter(revoked_at__isnull=True).values_list("name", flat=True))
+        for name in names:
+            tokens.revoke_token(name=name, actor=request.user.get_username())
+        self.message_user(request, f"Revoked {len(names)} token(s).")

@@ -43,7 +43,7 @@ from sessionadmin.manager import (
     SessionNotFound,
     WorkspaceCreationError,
 )
-from sessionadmin.models import AgentSession, AgentSessionQuerySet, ApiToken, ServiceHeartbeat
+from sessionadmin.models import AgentSession, AgentSessionQuerySet, ApiToken
 from sessionadmin.validation import id_problem, variables_problem
 
 logger = logging.getLogger(__name__)
@@ -54,8 +54,6 @@ MAX_PAGE_SIZE = 200
 # Sessions end by idle cleanup or an explicit DELETE; a client at a limit retries after this.
 RETRY_AFTER_SECONDS = 30
 BROKER_TIMEOUT_SECONDS = 1.0
-# Fallback liveness threshold, used only while sessionadmin.maintenance.liveness is missing.
-HEARTBEAT_MAX_AGE_SECONDS = 180
 
 View = Callable[..., HttpResponse]
 
@@ -305,10 +303,9 @@ def list_sessions(request: HttpRequest, token: ApiToken) -> HttpResponse:
         problems["status"] = "must be one of " + ", ".join(AgentSession.Status.values)
     limit = DEFAULT_PAGE_SIZE
     if "limit" in params:
-        try:
-            limit = int(params["limit"])
-        except ValueError:
-            limit = 0
+        # Plain ASCII digits only: int() would also take " 5", "+5", "5_0" and non-ASCII digits.
+        raw_limit = params["limit"]
+        limit = int(raw_limit) if raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 4 else 0
         if not 1 <= limit <= MAX_PAGE_SIZE:
             problems["limit"] = f"must be an integer from 1 to {MAX_PAGE_SIZE}"
     after = decode_cursor(params["cursor"]) if "cursor" in params else None
@@ -437,14 +434,14 @@ def check_broker() -> dict[str, Any]:
     return {"ok": True}
 
 
-def check_liveness(now: datetime) -> dict[str, dict[str, Any]]:
-    """Worker and beat heartbeat ages."""
-    beats = dict(ServiceHeartbeat.objects.filter(name__in=["worker", "beat"]).values_list("name", "beat_at"))
+def check_liveness() -> dict[str, dict[str, Any]]:
+    """Worker and beat heartbeat ages (``maintenance.liveness`` reads ServiceHeartbeat)."""
+    from sessionadmin.maintenance import liveness
+
+    found = liveness()
     out: dict[str, dict[str, Any]] = {}
     for name in ("worker", "beat"):
-        beat_at = beats.get(name)
-        age = round((now - beat_at).total_seconds(), 1) if beat_at else None
-        ok = age is not None and age <= HEARTBEAT_MAX_AGE_SECONDS
+        ok, age = bool(found[name]["ok"]), found[name]["age_seconds"]
         out[name] = {"ok": ok, "age_seconds": age, **({} if ok else {"error": "no recent heartbeat"})}
     return out
 
@@ -453,12 +450,10 @@ def check_liveness(now: datetime) -> dict[str, dict[str, Any]]:
 def healthz(request: HttpRequest) -> HttpResponse:
     """No auth: 200 when the database, the broker, a worker and beat are all alive, else 503."""
     checks: dict[str, dict[str, Any]] = {"database": check_database(), "broker": check_broker()}
-    if checks["database"]["ok"]:
-        try:
-            checks.update(check_liveness(timezone.now()))
-        except DatabaseError:
-            checks.update({name: {"ok": False, "age_seconds": None, "error": "unknown"} for name in ("worker", "beat")})
-    else:
-        checks.update({name: {"ok": False, "age_seconds": None, "error": "unknown"} for name in ("worker", "beat")})
+    unknown = {"ok": False, "age_seconds": None, "error": "unknown: the database is unreachable"}
+    try:
+        checks.update(check_liveness() if checks["database"]["ok"] else {"worker": unknown, "beat": unknown})
+    except DatabaseError:
+        checks.update({"worker": unknown, "beat": unknown})
     ok = all(check["ok"] for check in checks.values())
     return JsonResponse({"status": "ok" if ok else "fail", "checks": checks}, status=200 if ok else 503)

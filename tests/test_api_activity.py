@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import time_machine
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from sessionadmin.models import AgentSession, AuditEntry
+from tests.api_base import ApiTestCase
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+RESOLUTION = 30  # SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS
+
+
+class ActivityTestCase(ApiTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        with time_machine.travel(T0, tick=False):
+            self.session = self.create()
+        self.url = f"/api/v1/sessions/{self.session.id}/activity"
+
+    def session_updates(self, at: datetime) -> int:
+        with time_machine.travel(at, tick=False), CaptureQueriesContext(connection) as ctx:
+            r = self.api("POST", self.url)
+        self.assertEqual(r.status_code, 204)
+        return sum(q["sql"].startswith("UPDATE") and "sessionadmin_agentsession" in q["sql"] for q in ctx.captured_queries)
+
+    def test_it_writes_at_most_once_per_resolution_window(self) -> None:
+        writes = [
+            self.session_updates(T0 + timedelta(seconds=s))
+            for s in (1, 10, RESOLUTION - 1, RESOLUTION + 1, RESOLUTION + 2, 2 * RESOLUTION, 2 * RESOLUTION + 2)
+        ]
+        self.assertEqual(writes, [0, 0, 0, 1, 0, 0, 1])
+        self.session.refresh_from_db()
+        self.assertEqual(self.session.last_active_at, T0 + timedelta(seconds=2 * RESOLUTION + 2))
+
+    def test_a_heartbeat_within_the_window_is_two_reads(self) -> None:
+        with time_machine.travel(T0 + timedelta(seconds=1), tick=False):
+            self.api("POST", self.url)  # the token's last_used_at is written here, once
+            # 1. SELECT the token by prefix  2. SELECT last_active_at of the active, in-scope session
+            with self.assertNumQueries(2):
+                self.api("POST", self.url)
+
+    def test_it_is_404_for_unknown_other_org_and_ended_sessions(self) -> None:
+        theirs = self.create("user-1", "globex")
+        ended = self.create("user-2")
+        self.manager().cleanup_session(ended.id, actor="test")
+        for sid in (uuid.UUID(int=1), "nope", theirs.id, ended.id):
+            r = self.api("POST", f"/api/v1/sessions/{sid}/activity")
+            self.assertEqual(r.status_code, 404, sid)
+        with time_machine.travel(T0 + timedelta(hours=1), tick=False):
+            self.api("POST", f"/api/v1/sessions/{theirs.id}/activity")
+        theirs.refresh_from_db()
+        self.assertNotEqual(theirs.last_active_at, T0 + timedelta(hours=1))
+
+    def test_it_writes_no_audit_entry(self) -> None:
+        before = AuditEntry.objects.count()
+        with time_machine.travel(T0 + timedelta(hours=1), tick=False):
+            self.assertEqual(self.api("POST", self.url).status_code, 204)
+        self.assertEqual(AuditEntry.objects.count(), before)
+        self.assertEqual(AgentSession.objects.get(pk=self.session.pk).last_active_at, T0 + timedelta(hours=1))
+
+    def test_it_is_405_for_get(self) -> None:
+        self.assertEqual(self.api("GET", self.url).status_code, 405)
