@@ -206,6 +206,18 @@ class AgentSession(models.Model):
             models.Index(fields=["user_id", "-created_at"], name="session_user_created_idx"),
             # History purge: ended rows older than the retention.
             models.Index(fields=["ended_at"], name="session_ended_at_idx"),
+            # Dashboard default list (live sessions, newest first): a small partial index read
+            # in order, so the first page never sorts the whole live set.
+            models.Index(
+                fields=["-created_at", "-id"],
+                condition=Q(status__in=["active", "terminating"]),
+                name="session_live_created_idx",
+            ),
+            # Dashboard list over all statuses, newest first, and its deep pages (OFFSET walks it).
+            models.Index(fields=["-created_at", "-id"], name="session_created_idx"),
+            # Dashboard search by user id prefix (LIKE 'x%' needs pattern ops outside the C
+            # collation; other backends ignore the opclass).
+            models.Index(fields=["user_id"], opclasses=["varchar_pattern_ops"], name="session_user_pattern_idx"),
         ]
 
     def __str__(self) -> str:
