@@ -25,7 +25,7 @@ REMOVAL_POLICY: dict[str, Any] = {
     "max_retries": 5,
     "retry_backoff": 5,
     "retry_backoff_max": 600,
-    "retry_jitter": True,
+    "retry_jitter": False,
     "soft_time_limit": 300,
     "time_limit": 360,
 }
