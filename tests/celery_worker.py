@@ -84,7 +84,9 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, interval: f
 
 
 class CeleryWorker:
-    def __init__(self, *, workspace_root: Path, beat: bool = False, concurrency: int = 1, faults: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *, workspace_root: Path, beat: bool = False, concurrency: int = 1, faults: dict[str, str] | None = None
+    ) -> None:
         self.workspace_root = workspace_root
         self.beat = beat
         self.concurrency = concurrency

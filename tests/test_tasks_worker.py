@@ -10,9 +10,9 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, ClassVar
 
 from django.test import override_settings
@@ -131,10 +131,15 @@ class ScheduledCleanupTestCase(WorkerTestCase):
 
         self.wait(lambda: self.status(idle) == self.status(org_idle) == "ended", what="the idle sessions to end")
         run = self.wait(
-            lambda: MaintenanceRun.objects.filter(task="inactivity_cleanup", counts__sessions_ended=2, finished_at__isnull=False).first(),
+            lambda: MaintenanceRun.objects.filter(
+                task="inactivity_cleanup", counts__sessions_ended=2, finished_at__isnull=False
+            ).first(),
             what="the run that ended them",
         )
-        self.wait(lambda: ServiceHeartbeat.objects.filter(name="worker", details__has_key="hostname").exists(), what="a worker heartbeat")
+        self.wait(
+            lambda: ServiceHeartbeat.objects.filter(name="worker", details__has_key="hostname").exists(),
+            what="a worker heartbeat",
+        )
 
         self.assertFalse(os.path.exists(idle.workspace_path))
         self.assertFalse(os.path.exists(org_idle.workspace_path))
@@ -146,9 +151,7 @@ class ScheduledCleanupTestCase(WorkerTestCase):
         self.assertEqual((ended.ended_by, ended.end_reason), ("system:inactivity-cleanup", "idle"))
         self.assertEqual(run.triggered_by, "beat")
         self.assertEqual(run.outcome, "ok")
-        self.assertEqual(
-            run.counts, {"sessions_marked": 2, "sessions_ended": 2, "directories_removed": 2, "errors": 0}
-        )
+        self.assertEqual(run.counts, {"sessions_marked": 2, "sessions_ended": 2, "directories_removed": 2, "errors": 0})
         self.assertEqual(sorted(run.session_ids), sorted([str(idle.id), str(org_idle.id)]))
         self.assertEqual(run.report["batches_total"], 2)
         self.assertEqual(run.report["threshold_seconds"], 3600)
