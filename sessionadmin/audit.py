@@ -23,9 +23,7 @@ MAX_DETAIL_TEXT = 2000
 
 
 class AuditLogger(Protocol):
-    def log_session_event(
-        self, user_id: str, org_id: str, event_type: str, session_id: str, details: dict[str, Any]
-    ) -> None: ...
+    def log_session_event(self, user_id: str, org_id: str, event_type: str, session_id: str, details: dict[str, Any]) -> None: ...
 
 
 def entry(
@@ -62,9 +60,7 @@ def write(entries: Iterable[AuditEntry], *, sink: AuditLogger | None = None) -> 
 def forward(sink: AuditLogger, rows: list[AuditEntry]) -> None:
     for row in rows:
         try:
-            sink.log_session_event(
-                row.user_id, row.org_id, row.event_type, str(row.session_id or ""), dict(row.details)
-            )
+            sink.log_session_event(row.user_id, row.org_id, row.event_type, str(row.session_id or ""), dict(row.details))
         except Exception:
             # The change is committed and recorded in AuditEntry; a broken external sink must
             # not turn that into an error for the caller.

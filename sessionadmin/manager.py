@@ -18,13 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from sessionadmin import audit, workspaces
 from sessionadmin.audit import AuditLogger
-from sessionadmin.models import AgentSession, AuditEntry, LimitLock, McpClient, Org
+from sessionadmin.models import AgentSession, AuditEntry, LimitLock, Org
 from sessionadmin.prompts import MAX_PROMPT_LENGTH, ComposedPrompt, DefaultPromptComposer, PromptComposer, sha256
 from sessionadmin.validation import clean_variables, id_problem, variables_problem
 
@@ -164,16 +164,27 @@ class SessionManager:
                 self._audit(*entries)
                 workspaces.create_workspace(self.workspace_root, user_id, str(session_id))
         except workspaces.WorkspaceError as exc:
-            self._audit_failure("workspace_creation_failed", user_id, org_id, actor, {"error": str(exc), "session_id": str(session_id)})
+            self._audit_failure(
+                "workspace_creation_failed", user_id, org_id, actor, {"error": str(exc), "session_id": str(session_id)}
+            )
             raise WorkspaceCreationError(f"failed to create workspace directory: {exc}") from exc
         except MaxSessionsReached as exc:
             self._audit_failure(
-                "session_create_failed", user_id, org_id, actor,
+                "session_create_failed",
+                user_id,
+                org_id,
+                actor,
                 {"reason": "max_sessions_reached", "limit": exc.limit, "current": exc.current, "maximum": exc.maximum},
             )
             raise
         except InvalidOrgID as exc:
-            self._audit_failure("session_create_failed", user_id, "", actor, {"reason": "unknown_org", "org_id": audit.safe_repr(org_id), "error": str(exc)})
+            self._audit_failure(
+                "session_create_failed",
+                user_id,
+                "",
+                actor,
+                {"reason": "unknown_org", "org_id": audit.safe_repr(org_id), "error": str(exc)},
+            )
             raise
         except BaseException:
             # Anything after the mkdir failed (the commit, say): the row is gone, so the
@@ -194,7 +205,10 @@ class SessionManager:
                 safe_user = user_id if isinstance(user_id, str) and id_problem(user_id) is None else ""
                 safe_org = org_id if isinstance(org_id, str) and id_problem(org_id) is None else ""
                 self._audit_failure(
-                    "session_create_failed", safe_user, safe_org, actor,
+                    "session_create_failed",
+                    safe_user,
+                    safe_org,
+                    actor,
                     {"reason": reason, "error": problem, "user_id": audit.safe_repr(user_id), "org_id": audit.safe_repr(org_id)},
                 )
                 raise error(f"{label}: {problem}")
@@ -204,26 +218,33 @@ class SessionManager:
 
         PostgreSQL: the global lock row (only while a global limit is set), then the org row, in
         that order everywhere, so concurrent creators queue instead of deadlocking. SQLite: the
-        IMMEDIATE transaction already holds the database write lock.
+        IMMEDIATE transaction already holds the database write lock. The counts run as their
+        own statement *after* the lock is held: in READ COMMITTED a count inside the locking
+        statement would use the snapshot taken before the wait, and could be stale.
         """
         if self.max_concurrent:
             self._lock_global_row()
-        org = Org.objects.select_for_update().filter(pk=org_id).first()
+        org = _select_org_for_update(org_id)
         if org is None:
             raise InvalidOrgID(f"invalid org ID: unknown org {org_id!r}")
-        active = AgentSession.objects.active()
-        counts = (active if self.max_concurrent else active.filter(org_id=org_id)).aggregate(
-            total=Count("id"),
-            org=Count("id", filter=Q(org_id=org_id)),
-            user=Count("id", filter=Q(org_id=org_id, user_id=user_id)),
-        )
-        limits = [
-            ("global", counts["total"], self.max_concurrent, "maximum concurrent sessions reached"),
-            ("org", counts["org"], org.max_sessions, f"org {org.id!r} has reached its limit of concurrent sessions"),
-            ("user", counts["user"], org.max_sessions_per_user, f"user {user_id!r} has reached the per-user limit of org {org.id!r}"),
+        user_message = f"user {user_id!r} has reached the per-user limit of org {org.id!r}"
+        limits: list[tuple[str, int | None, str, list[Any], str]] = [
+            ("global", self.max_concurrent, "", [], "maximum concurrent sessions reached"),
+            (
+                "org",
+                org.max_sessions,
+                "AND org_id = %s",
+                [org_id],
+                f"org {org.id!r} has reached its limit of concurrent sessions",
+            ),
+            ("user", org.max_sessions_per_user, "AND org_id = %s AND user_id = %s", [org_id, user_id], user_message),
         ]
-        for limit, current, maximum, message in limits:
-            if maximum and current >= maximum:
+        checked = [(name, maximum, where, params, msg) for name, maximum, where, params, msg in limits if maximum]
+        if not checked:
+            return org
+        counts = _count_active([(where, params, maximum) for _, maximum, where, params, _ in checked])
+        for (limit, maximum, _, _, message), current in zip(checked, counts, strict=True):
+            if current >= maximum:
                 raise MaxSessionsReached(f"{message} ({current}/{maximum})", limit=limit, current=current, maximum=maximum)
         return org
 
@@ -244,23 +265,32 @@ class SessionManager:
                 text = self.prompt_composer.compose_system_prompt(user_id, org.id, dict(full))
                 if not isinstance(text, str):
                     raise TypeError(f"composer returned {type(text).__name__}, not str")
-                composed = ComposedPrompt(text=text, provenance=[{"kind": "custom", "composer": type(self.prompt_composer).__name__}])
+                composed = ComposedPrompt(
+                    text=text, provenance=[{"kind": "custom", "composer": type(self.prompt_composer).__name__}]
+                )
             if len(composed.text) > MAX_PROMPT_LENGTH:
                 raise ValueError(f"composed prompt is longer than {MAX_PROMPT_LENGTH} characters")
             return composed, ""
         except Exception as exc:  # a composer is third-party code: any failure is recorded
             logger.warning("prompt composition failed for session %s: %s", session_id, exc)
-            return ComposedPrompt(text=""), f"{type(exc).__name__}: {exc}"[:audit.MAX_DETAIL_TEXT]
+            return ComposedPrompt(text=""), f"{type(exc).__name__}: {exc}"[: audit.MAX_DETAIL_TEXT]
 
     def _audit_failure(self, event_type: str, user_id: str, org_id: str, actor: str, details: dict[str, Any]) -> None:
         with transaction.atomic():
             self._audit(audit.entry(event_type, actor=actor, user_id=user_id, org_id=org_id, details=details))
 
     @staticmethod
-    def _session_entry(event_type: str, session: AgentSession, actor: str, details: dict[str, Any] | None = None, at: datetime | None = None) -> AuditEntry:
+    def _session_entry(
+        event_type: str, session: AgentSession, actor: str, details: dict[str, Any] | None = None, at: datetime | None = None
+    ) -> AuditEntry:
         return audit.entry(
-            event_type, actor=actor, user_id=session.user_id, org_id=session.org_id,
-            session_id=session.id, details=details, at=at,
+            event_type,
+            actor=actor,
+            user_id=session.user_id,
+            org_id=session.org_id,
+            session_id=session.id,
+            details=details,
+            at=at,
         )
 
     # --- reads ----------------------------------------------------------------------------
@@ -304,7 +334,9 @@ class SessionManager:
             raise SessionNotFound(f"session {sid} not found")
         return session
 
-    def update_system_prompt(self, session: AgentSession | uuid.UUID | str, prompt: str, *, actor: str | None = None) -> AgentSession:
+    def update_system_prompt(
+        self, session: AgentSession | uuid.UUID | str, prompt: str, *, actor: str | None = None
+    ) -> AgentSession:
         if not isinstance(prompt, str):
             raise InvalidInput("prompt must be a string")
         if len(prompt) > MAX_PROMPT_LENGTH:
@@ -315,15 +347,21 @@ class SessionManager:
             old = row.system_prompt
             row.system_prompt = prompt
             row.save(update_fields=["system_prompt"])
-            self._audit(self._session_entry(
-                "system_prompt_updated", row, actor or audit.SYSTEM_ACTOR,
-                {"old_sha256": sha256(old), "new_sha256": sha256(prompt), "old_length": len(old), "new_length": len(prompt)},
-            ))
+            self._audit(
+                self._session_entry(
+                    "system_prompt_updated",
+                    row,
+                    actor or audit.SYSTEM_ACTOR,
+                    {"old_sha256": sha256(old), "new_sha256": sha256(prompt), "old_length": len(old), "new_length": len(prompt)},
+                )
+            )
         if isinstance(session, AgentSession):
             session.system_prompt = prompt
         return self._bind(row)
 
-    def pin_session(self, session_id: uuid.UUID | str, *, until: datetime, reason: str, actor: str, now: datetime | None = None) -> AgentSession:
+    def pin_session(
+        self, session_id: uuid.UUID | str, *, until: datetime, reason: str, actor: str, now: datetime | None = None
+    ) -> AgentSession:
         """Keep an active session from idle cleanup until ``until``."""
         reason = check_reason(reason)
         if not reason:
@@ -399,8 +437,11 @@ class SessionManager:
         """The second half of a cleanup, for sessions already terminating: close MCP clients,
         remove workspaces, mark ended. Safe to run twice: ended sessions are skipped."""
         ids = [parse_session_id(s) for s in session_ids]
-        sessions = list(AgentSession.objects.filter(pk__in=ids, status=AgentSession.Status.TERMINATING).only(
-            "id", "user_id", "org_id", "created_at", "status"))
+        sessions = list(
+            AgentSession.objects.filter(pk__in=ids, status=AgentSession.Status.TERMINATING).only(
+                "id", "user_id", "org_id", "created_at", "status"
+            )
+        )
         if not sessions:
             return CleanupResult(ended=[], failed={})
         self._close_mcp_clients(sessions, actor=actor)
@@ -440,14 +481,18 @@ class SessionManager:
             AgentSession.objects.filter(pk__in=[s.id for s in locked]).update(
                 status=AgentSession.Status.ENDED, ended_at=now, last_error=""
             )
-            self._audit(*(
-                self._session_entry(
-                    "session_cleaned_up", s, actor,
-                    {"duration_seconds": round((now - s.created_at).total_seconds(), 3), "reason": s.end_reason},
-                    at=now,
+            self._audit(
+                *(
+                    self._session_entry(
+                        "session_cleaned_up",
+                        s,
+                        actor,
+                        {"duration_seconds": round((now - s.created_at).total_seconds(), 3), "reason": s.end_reason},
+                        at=now,
+                    )
+                    for s in locked
                 )
-                for s in locked
-            ))
+            )
         return [str(s.id) for s in locked]
 
     def _record_removal_failures(self, sessions: Sequence[AgentSession], failed: dict[str, str], *, actor: str) -> None:
@@ -457,14 +502,23 @@ class SessionManager:
                 AgentSession.objects.filter(pk=sid, status=AgentSession.Status.TERMINATING).update(
                     last_error=error[: audit.MAX_DETAIL_TEXT], cleanup_attempts=F("cleanup_attempts") + 1
                 )
-            self._audit(*(self._session_entry("workspace_removal_failed", by_id[sid], actor, {"error": err[: audit.MAX_DETAIL_TEXT]}) for sid, err in failed.items()))
+            self._audit(
+                *(
+                    self._session_entry("workspace_removal_failed", by_id[sid], actor, {"error": err[: audit.MAX_DETAIL_TEXT]})
+                    for sid, err in failed.items()
+                )
+            )
 
-    def idle_candidates(self, threshold: timedelta, *, now: datetime | None = None, limit: int | None = None) -> list[AgentSession]:
+    def idle_candidates(
+        self, threshold: timedelta, *, now: datetime | None = None, limit: int | None = None
+    ) -> list[AgentSession]:
         """Active, unpinned sessions idle longer than their org's timeout (or ``threshold``),
         oldest activity first."""
         now = now or timezone.now()
         qs = (
-            AgentSession.objects.active().not_pinned(now).select_related("org")
+            AgentSession.objects.active()
+            .not_pinned(now)
+            .select_related("org")
             .filter(last_active_at__lt=now - min_org_threshold(threshold))
             .order_by("last_active_at")
         )
@@ -498,8 +552,39 @@ class SessionManager:
         return timedelta(seconds=seconds) if seconds else default
 
 
+_ORG_COLUMNS = ("id", "name", "prompt", "max_sessions", "max_sessions_per_user", "idle_timeout_seconds", "created_at")
+
+
+def _select_org_for_update(org_id: str) -> Org | None:
+    """The org row, locked until the end of the transaction (``FOR UPDATE`` where supported).
+    Plain SQL: this is the hot path of every create, and the ORM's query compilation cost
+    more than the query itself."""
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {', '.join(_ORG_COLUMNS)} FROM {Org._meta.db_table} WHERE id = %s{lock}", [org_id])
+        row = cursor.fetchone()
+    return Org.from_db(connection.alias, list(_ORG_COLUMNS), row) if row else None
+
+
+def _count_active(filters: list[tuple[str, list[Any], int]]) -> list[int]:
+    """Active sessions matching each filter, in one statement. Each count stops at its limit
+    (``LIMIT maximum``), so a create costs O(limit), not O(sessions in the database)."""
+    table = AgentSession._meta.db_table
+    parts, params = [], []
+    for where, where_params, maximum in filters:
+        parts.append(f"(SELECT COUNT(*) FROM (SELECT 1 FROM {table} WHERE status = 'active' {where} LIMIT %s) AS c)")
+        params += [*where_params, maximum]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT " + ", ".join(parts), params)
+        return [int(n) for n in cursor.fetchone()]
+
+
 def min_org_threshold(threshold: timedelta) -> timedelta:
     """The shortest idle timeout in force anywhere, for a first index-backed filter."""
-    shortest = Org.objects.filter(idle_timeout_seconds__isnull=False).order_by("idle_timeout_seconds").values_list("idle_timeout_seconds", flat=True).first()
+    shortest = (
+        Org.objects.filter(idle_timeout_seconds__isnull=False)
+        .order_by("idle_timeout_seconds")
+        .values_list("idle_timeout_seconds", flat=True)
+        .first()
+    )
     return min(threshold, timedelta(seconds=shortest)) if shortest else threshold
-

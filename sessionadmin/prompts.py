@@ -12,12 +12,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from django.db.models import Q
+from django.db import connection
 
 from sessionadmin.models import Org, PromptLayer
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
-_SCOPE_ORDER = {PromptLayer.Scope.GLOBAL: 0, PromptLayer.Scope.ORG: 1, PromptLayer.Scope.USER: 2}
+_SCOPE_ORDER: dict[str, int] = {"global": 0, "org": 1, "user": 2}
 MAX_PROMPT_LENGTH = 256 * 1024
 
 
@@ -39,13 +39,21 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+_LAYER_COLUMNS = ["id", "scope", "org_id", "user_id", "name", "body", "priority", "version"]
+
+
 def layers_for(user_id: str, org_id: str) -> list[PromptLayer]:
-    """Enabled layers that apply to this user in this org, in composition order (one query)."""
-    layers = PromptLayer.objects.filter(enabled=True).filter(
-        Q(scope=PromptLayer.Scope.GLOBAL)
-        | Q(scope=PromptLayer.Scope.ORG, org_id=org_id)
-        | (Q(scope=PromptLayer.Scope.USER, user_id=user_id) & (Q(org__isnull=True) | Q(org_id=org_id)))
+    """Enabled layers that apply to this user in this org, in composition order (one query).
+    Plain SQL because every session create runs it; the same filter in ORM terms is
+    ``enabled AND (global OR org=org_id OR (user=user_id AND (org IS NULL OR org=org_id)))``."""
+    sql = (
+        f"SELECT {', '.join(_LAYER_COLUMNS)} FROM {PromptLayer._meta.db_table} WHERE enabled "
+        "AND (scope = 'global' OR (scope = 'org' AND org_id = %s) "
+        "OR (scope = 'user' AND user_id = %s AND (org_id IS NULL OR org_id = %s)))"
     )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [org_id, user_id, org_id])
+        layers = [PromptLayer.from_db(connection.alias, _LAYER_COLUMNS, row) for row in cursor.fetchall()]
     return sorted(layers, key=lambda layer: (_SCOPE_ORDER[layer.scope], layer.priority, layer.id))
 
 

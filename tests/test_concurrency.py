@@ -21,14 +21,29 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 class ParallelProcessesTestCase(BaseTransactionTestCase):
-    def run_creators(self, processes: int, attempts: int, *, user_id: str = "user-1", max_concurrent: int = 0) -> list[dict[str, list[str]]]:
+    def run_creators(
+        self, processes: int, attempts: int, *, user_id: str = "user-1", max_concurrent: int = 0
+    ) -> list[dict[str, list[str]]]:
         start = self.workspace_root.parent / "start"
         env = {**os.environ, "DATABASE_URL": database_url(), "SESSIONADMIN_SECRET_KEY": settings.SECRET_KEY}
         children = [
             subprocess.Popen(
-                [sys.executable, "-m", "tests.parallel_create", str(start), str(self.workspace_root), user_id, "acme",
-                 str(attempts), str(max_concurrent)],
-                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.parallel_create",
+                    str(start),
+                    str(self.workspace_root),
+                    user_id,
+                    "acme",
+                    str(attempts),
+                    str(max_concurrent),
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
             )
             for _ in range(processes)
         ]

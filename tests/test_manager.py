@@ -29,7 +29,6 @@ from sessionadmin.models import AgentSession, AuditEntry, Org, PromptLayer
 from tests.base import BaseTestCase
 
 
-
 def events(**filters: Any) -> list[str]:
     return list(AuditEntry.objects.filter(**filters).order_by("id").values_list("event_type", flat=True))
 
@@ -129,7 +128,9 @@ class LimitsTestCase(BaseTestCase):
         failed = AuditEntry.objects.get(event_type="session_create_failed")
         self.assertEqual(failed.details["reason"], "max_sessions_reached")
         self.assertEqual(failed.details["limit"], "global")
-        self.assertEqual(len(list((self.workspace_root / "user-3").glob("*"))) if (self.workspace_root / "user-3").exists() else 0, 0)
+        self.assertEqual(
+            len(list((self.workspace_root / "user-3").glob("*"))) if (self.workspace_root / "user-3").exists() else 0, 0
+        )
 
     def test_it_frees_a_slot_when_a_session_ends(self) -> None:
         manager = self.manager(max_concurrent=1)
@@ -311,7 +312,9 @@ class InactiveCleanupTestCase(BaseTestCase):
         self.assertEqual(AgentSession.objects.get(pk=acme.id).status, "active")
         self.assertEqual(AgentSession.objects.get(pk=pinned.id).status, "active")
         later = timezone.datetime.fromisoformat("2026-11-02T00:00:01+00:00")
-        self.assertEqual(sorted(manager.cleanup_inactive_sessions(timedelta(hours=1), now=later)), sorted([str(acme.id), str(pinned.id)]))
+        self.assertEqual(
+            sorted(manager.cleanup_inactive_sessions(timedelta(hours=1), now=later)), sorted([str(acme.id), str(pinned.id)])
+        )
 
 
 class PromptTestCase(BaseTestCase):
@@ -391,7 +394,9 @@ class AuditLoggerTestCase(BaseTestCase):
         received: list[tuple[str, str, str, str, dict[str, Any]]] = []
 
         class Logger:
-            def log_session_event(self, user_id: str, org_id: str, event_type: str, session_id: str, details: dict[str, Any]) -> None:
+            def log_session_event(
+                self, user_id: str, org_id: str, event_type: str, session_id: str, details: dict[str, Any]
+            ) -> None:
                 received.append((user_id, org_id, event_type, session_id, details))
 
         manager = self.manager()

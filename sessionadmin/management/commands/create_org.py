@@ -23,8 +23,12 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **opts: Any) -> None:
         try:
             org = services.create_org(
-                org_id=opts["org_id"], name=opts["name"] or opts["org_id"], prompt=opts["prompt"], actor=opts["actor"],
-                max_sessions=opts["max_sessions"], max_sessions_per_user=opts["max_sessions_per_user"],
+                org_id=opts["org_id"],
+                name=opts["name"] or opts["org_id"],
+                prompt=opts["prompt"],
+                actor=opts["actor"],
+                max_sessions=opts["max_sessions"],
+                max_sessions_per_user=opts["max_sessions_per_user"],
                 idle_timeout_seconds=opts["idle_timeout_seconds"],
             )
         except SessionError as exc:

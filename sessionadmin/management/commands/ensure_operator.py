@@ -29,5 +29,9 @@ class Command(BaseCommand):
         user = user_model.objects.create_superuser(username=username, email="", password=password)
         user.groups.add(Group.objects.get(name=OPERATORS))
         bar = "=" * 64
-        self.stdout.write(self.style.SUCCESS(f"{bar}\nFirst operator created. Log in with\n  username: {username}\n  password: {password}\n"
-                                             f"(shown once; change it with `python manage.py changepassword {username}`)\n{bar}"))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"{bar}\nFirst operator created. Log in with\n  username: {username}\n  password: {password}\n"
+                f"(shown once; change it with `python manage.py changepassword {username}`)\n{bar}"
+            )
+        )

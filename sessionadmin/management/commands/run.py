@@ -30,10 +30,32 @@ class Command(BaseCommand):
         bindir = os.path.dirname(python)
         schedule = settings.VAR_DIR / "celerybeat-schedule"
         commands = {
-            "web": [os.path.join(bindir, "gunicorn"), "sessionadmin.wsgi", "--bind", bind, "--workers", str(web_workers),
-                    "--access-logfile", "-", "--graceful-timeout", "10"],
-            "worker": [python, "-m", "celery", "-A", "sessionadmin", "worker", "--loglevel", "INFO",
-                       "--concurrency", str(concurrency), "--hostname", "worker@%h"],
+            "web": [
+                os.path.join(bindir, "gunicorn"),
+                "sessionadmin.wsgi",
+                "--bind",
+                bind,
+                "--workers",
+                str(web_workers),
+                "--access-logfile",
+                "-",
+                "--graceful-timeout",
+                "10",
+            ],
+            "worker": [
+                python,
+                "-m",
+                "celery",
+                "-A",
+                "sessionadmin",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(concurrency),
+                "--hostname",
+                "worker@%h",
+            ],
             "beat": [python, "-m", "celery", "-A", "sessionadmin", "beat", "--loglevel", "INFO", "-s", str(schedule)],
         }
         procs: dict[str, subprocess.Popen[bytes]] = {}
