@@ -81,7 +81,13 @@ def parse_variables(text: str) -> dict[str, str]:
 
 
 class SessionCreateForm(DashboardForm):
-    org = forms.CharField(max_length=MAX_ID_LENGTH, label="Org", widget=forms.Select)
+    # A text input with the page's org datalist: type-ahead over hundreds of orgs; an unknown
+    # org is reported by the manager on the field.
+    org = forms.CharField(
+        max_length=MAX_ID_LENGTH,
+        label="Org",
+        widget=forms.TextInput(attrs={"list": "org-ids", "placeholder": "org id", "autocomplete": "off"}),
+    )
     user_id = forms.CharField(max_length=MAX_ID_LENGTH, label="User id", validators=[validate_user_id_field])
     variables = forms.CharField(
         required=False,
@@ -89,10 +95,6 @@ class SessionCreateForm(DashboardForm):
         widget=forms.Textarea(attrs={"rows": 3, "placeholder": "team=core\nlanguage=en"}),
         help_text="Optional, one name=value per line.",
     )
-
-    def __init__(self, *args: Any, org_choices: list[tuple[str, str]] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.fields["org"].widget.choices = [("", "Choose an org…"), *(org_choices or [])]
 
     def clean_variables(self) -> dict[str, str]:
         return parse_variables(self.cleaned_data.get("variables") or "")

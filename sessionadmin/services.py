@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.db.models import BooleanField, Count, ExpressionWrapper, OuterRef, Q, Subquery
+from django.db.models import BooleanField, Count, ExpressionWrapper, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -124,12 +124,16 @@ def delete_prompt_layer(*, layer: PromptLayer, actor: str) -> None:
 # --- dashboard reads that span several tables ----------------------------------------------
 
 
-def org_usage() -> list[Org]:
-    """Every org with ``active`` = its number of active sessions, in one query: a correlated
-    count per org served by session_org_status_user_idx (an index-only range per org)."""
+def orgs_with_usage() -> QuerySet[Org]:
+    """Every org annotated with ``active`` (its number of active sessions) and ``has_prompt``,
+    in one query: a correlated count per org served by session_org_status_user_idx (an
+    index-only range per org)."""
     active = (
         AgentSession.objects.active().filter(org_id=OuterRef("pk")).order_by().values("org_id").annotate(n=Count("*")).values("n")
     )
     has_prompt = ExpressionWrapper(~Q(prompt=""), output_field=BooleanField())
-    orgs = Org.objects.defer("prompt").annotate(active=Coalesce(Subquery(active), 0), has_prompt=has_prompt)
-    return list(orgs.order_by("id"))
+    return Org.objects.defer("prompt").annotate(active=Coalesce(Subquery(active), 0), has_prompt=has_prompt).order_by("id")
+
+
+def org_usage() -> list[Org]:
+    return list(orgs_with_usage())

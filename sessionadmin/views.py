@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from functools import wraps
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar
 
 from django.conf import settings
 from django.contrib import messages
@@ -24,7 +24,9 @@ from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import escape
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
@@ -154,7 +156,7 @@ def _done(request: HttpRequest, url: str) -> HttpResponse:
 
 
 def _filtered_sessions(filters: dict[str, Any]) -> Any:
-    qs = AgentSession.objects.for_dashboard()
+    qs = AgentSession.objects.all()
     status = filters["status"]
     if status == "live":
         qs = qs.live()
@@ -169,17 +171,37 @@ def _filtered_sessions(filters: dict[str, Any]) -> Any:
     return qs.order_by(*SORTS[filters["sort"]])
 
 
-def _headline(orgs: list[Org]) -> dict[str, Any]:
-    active = sum(o.active for o in orgs)  # type: ignore[attr-defined]
+def _page_of_sessions(filters: dict[str, Any], start: int, size: int) -> list[AgentSession]:
+    """One query: the page's ids are picked by an inner query that reads only the index it
+    sorts by (OFFSET walks index entries, not joined rows); the outer query joins the org and
+    counts MCP clients for those rows alone."""
+    ordering = SORTS[filters["sort"]]
+    page_ids = _filtered_sessions(filters).values("pk")[start : start + size]
+    return list(AgentSession.objects.for_dashboard().filter(pk__in=page_ids).order_by(*ordering))
+
+
+class OrgUsage(NamedTuple):
+    id: str
+    name: str
+    max_sessions: int | None
+    active: int
+
+
+def _headline(orgs: list[OrgUsage]) -> dict[str, Any]:
+    active = sum(o.active for o in orgs)
     limit = settings.SESSIONADMIN_MAX_CONCURRENT
-    limited = [o for o in orgs if o.max_sessions]
-    limited.sort(key=lambda o: (-(o.active / o.max_sessions), o.id))  # type: ignore[attr-defined]
+    limited = sorted((o for o in orgs if o.max_sessions), key=lambda o: (-o.active / (o.max_sessions or 1), o.id))
     return {
         "active": active,
         "limit": limit,
         "percent": min(100, round(100 * active / limit)) if limit else None,
         "orgs": [
-            {"org": o, "active": o.active, "limit": o.max_sessions, "percent": min(100, round(100 * o.active / o.max_sessions))}  # type: ignore[attr-defined]
+            {
+                "id": o.id,
+                "active": o.active,
+                "limit": o.max_sessions,
+                "percent": min(100, round(100 * o.active / (o.max_sessions or 1))),
+            }
             for o in limited[:HEADLINE_ORGS]
         ],
         "more_orgs": max(0, len(limited) - HEADLINE_ORGS),
@@ -202,9 +224,12 @@ def session_list(request: HttpRequest) -> HttpResponse:
     page = filters["page"]
     start = (page - 1) * PER_PAGE
     # No COUNT(*): one extra row says whether a next page exists.
-    rows = list(_filtered_sessions(filters)[start : start + PER_PAGE + 1])
+    rows = _page_of_sessions(filters, start, PER_PAGE + 1)
     has_next = len(rows) > PER_PAGE
-    orgs = services.org_usage()
+    # Tuples, not model instances: hundreds of orgs are read on every poll.
+    usage = services.orgs_with_usage().values_list("id", "name", "max_sessions", "active")  # type: ignore[misc]
+    orgs = [OrgUsage(*row) for row in usage]
+    polling = _htmx_target(request) == "session-live"
     query = request.GET.copy()
     query.pop("page", None)
     context = {
@@ -217,16 +242,14 @@ def session_list(request: HttpRequest) -> HttpResponse:
         "base_query": query.urlencode(),
         "sort_query": _without(request, "sort", "page"),
         "headline": _headline(orgs),
-        "orgs": orgs,
+        "has_orgs": bool(orgs),
         "status_choices": STATUS_FILTERS,
         "can_operate": can_operate(request),
-        "create_form": SessionCreateForm(org_choices=_org_choices(orgs)),
-        "bulk_form": BulkKillForm(initial={"next": request.get_full_path()}),
     }
-    template = "sessionadmin/session_list.html"
-    if _htmx_target(request) == "session-live":
-        template += "#live"
-    return render(request, template, context)
+    if polling:
+        return render(request, "sessionadmin/session_list.html#live", context)
+    context.update({"create_form": SessionCreateForm(), "org_options": _org_options(orgs)})
+    return render(request, "sessionadmin/session_list.html", context)
 
 
 def _without(request: HttpRequest, *names: str) -> str:
@@ -236,8 +259,10 @@ def _without(request: HttpRequest, *names: str) -> str:
     return query.urlencode()
 
 
-def _org_choices(orgs: list[Org]) -> list[tuple[str, str]]:
-    return [(o.id, o.id if o.name == o.id else f"{o.id} — {o.name}") for o in orgs]
+def _org_options(orgs: list[Org] | list[OrgUsage]) -> str:
+    """The ``<option>``s of the org datalist, built in one go (hundreds of orgs would cost
+    milliseconds as template loop iterations or widget renders)."""
+    return mark_safe("".join(f'<option value="{escape(o.id)}">{escape(o.name)}</option>' for o in orgs))  # noqa: S308
 
 
 @require_POST
@@ -276,12 +301,7 @@ def session_bulk_kill(request: HttpRequest) -> HttpResponse:
 @require_http_methods(["GET", "POST"])
 @operator_required
 def session_create(request: HttpRequest) -> HttpResponse:
-    orgs = list(Org.objects.only("id", "name").order_by("id"))
-    form = SessionCreateForm(
-        request.POST if request.method == "POST" else None,
-        org_choices=_org_choices(orgs),
-        initial={"org": request.GET.get("org", "")},
-    )
+    form = SessionCreateForm(request.POST if request.method == "POST" else None, initial={"org": request.GET.get("org", "")})
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
@@ -303,8 +323,9 @@ def session_create(request: HttpRequest) -> HttpResponse:
             return _done(request, reverse("session_detail", args=[session.id]))
     template = "sessionadmin/session_create.html"
     if _htmx_target(request) == "create-form":
-        template += "#create-form"
-    return render(request, template, {"create_form": form})
+        return render(request, template + "#create-form", {"create_form": form})
+    orgs = list(Org.objects.only("id", "name").order_by("id"))
+    return render(request, template, {"create_form": form, "org_options": _org_options(orgs)})
 
 
 # --- detail ------------------------------------------------------------------------------------
