@@ -408,7 +408,7 @@ def reconcile(*, triggered_by: str = "beat", now: datetime | None = None, root: 
         for sid, user_id, status in AgentSession.objects.live().values_list("id", "user_id", "status").iterator(chunk_size=2000)
     }
     seen: set[tuple[str, str]] = set()
-    empty_user_dirs: list[str] = []
+    old_user_dirs: list[str] = []
     try:
         entries = list(workspaces.scan_root(root_path))
     except workspaces.WorkspaceError as exc:
@@ -432,8 +432,8 @@ def reconcile(*, triggered_by: str = "beat", now: datetime | None = None, root: 
                     counts["modes_fixed"] += 1
                 except workspaces.WorkspaceError as exc:
                     note("errors", str(exc))
-            if e.name is None and not children.get(e.user) and now.timestamp() - e.mtime > grace:
-                empty_user_dirs.append(e.user)
+            if e.name is None and now.timestamp() - e.mtime > grace:
+                old_user_dirs.append(e.user)
             if is_live:
                 seen.add(key)
             continue
@@ -442,12 +442,15 @@ def reconcile(*, triggered_by: str = "beat", now: datetime | None = None, root: 
             continue
         try:
             workspaces.remove_workspace(root_path, e.user, e.name)
+            children[e.user] -= 1
             note("orphans_removed", rel)
             touched.append(e.name)
         except workspaces.WorkspaceError as exc:
             note("errors", str(exc))
-    for user in empty_user_dirs:
-        if workspaces.remove_empty_user_dir(root_path, user):
+    # User directories left empty (and untouched for the grace period) go too; rmdir refuses
+    # a directory that a session creation has just filled again.
+    for user in old_user_dirs:
+        if not children.get(user) and workspaces.remove_empty_user_dir(root_path, user):
             counts["user_dirs_removed"] += 1
     for (user_id, sid), status in live.items():
         if (user_id, sid) not in seen and status == AgentSession.Status.ACTIVE:

@@ -1,0 +1,88 @@
+"""The maintenance page and its "run now" button."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.urls import reverse
+from django.utils import timezone
+
+from sessionadmin.models import AgentSession, AuditEntry, MaintenanceRun, ServiceHeartbeat
+from tests.base import BaseTestCase
+
+
+class MaintenancePageTestCase(BaseTestCase):
+    url = reverse("maintenance")
+
+    def test_it_shows_runs_preview_and_liveness_to_viewers(self) -> None:
+        session = self.manager().create_session("user-1", "acme")
+        AgentSession.objects.filter(pk=session.pk).update(last_active_at=timezone.now() - timedelta(days=2))
+        MaintenanceRun.objects.create(
+            task="inactivity_cleanup", outcome="partial", triggered_by="beat", counts={"sessions_ended": 3, "errors": 1},
+            finished_at=timezone.now(), error="1 workspace(s) could not be removed",
+        )  # fmt: skip
+        ServiceHeartbeat.objects.create(name="worker", beat_at=timezone.now())
+        self.client.force_login(self.bob)
+
+        r = self.client.get(self.url)
+
+        self.assertContains(r, "Inactivity cleanup")
+        self.assertContains(r, "sessions_ended=3")
+        self.assertContains(r, "1 workspace(s) could not be removed")
+        self.assertContains(r, "Would end <strong>1</strong> session")
+        self.assertContains(r, "(global default)")
+        self.assertContains(r, str(session.id)[:8])
+        self.assertContains(r, "no heartbeat")  # beat never reported
+        self.assertNotContains(r, "Run now</button>")
+
+    def test_it_shows_operators_the_run_now_button(self) -> None:
+        self.client.force_login(self.alice)
+        self.assertContains(self.client.get(self.url), "Run now</button>")
+
+    def test_it_renders_only_the_runs_partial_for_htmx(self) -> None:
+        self.client.force_login(self.bob)
+        r = self.client.get(self.url, headers={"HX-Request": "true"})
+        self.assertContains(r, 'id="runs"')
+        self.assertNotContains(r, "Next inactivity cleanup")
+
+    def test_it_refuses_users_without_a_role(self) -> None:
+        self.client.force_login(self.charlie)
+        self.assertEqual(self.client.get(self.url).status_code, 403)
+
+    def test_it_uses_a_constant_number_of_queries(self) -> None:
+        for i in range(3):
+            MaintenanceRun.objects.create(task="reconciliation", finished_at=timezone.now(), outcome="ok")
+        self.client.force_login(self.bob)
+        self.client.get(self.url)
+        # session, user, user and group permissions, recent runs, the periodic task's kwargs,
+        # org timeouts, the shortest org timeout, one page of idle candidates, heartbeats
+        with self.assertNumQueries(10):
+            self.client.get(self.url)
+
+
+class MaintenanceRunNowTestCase(BaseTestCase):
+    url = reverse("maintenance_run")
+
+    def test_it_audits_and_queues_the_task_for_operators(self) -> None:
+        self.client.force_login(self.alice)
+        with self.captureOnCommitCallbacks() as callbacks:
+            r = self.client.post(self.url, {"task": "inactivity_cleanup"})
+        self.assertRedirects(r, reverse("maintenance"), fetch_redirect_response=False)
+        self.assertEqual(len(callbacks), 1)
+        entry = AuditEntry.objects.get(event_type="maintenance_run_requested")
+        self.assertEqual((entry.actor, entry.details), ("alice", {"task": "inactivity_cleanup"}))
+
+    def test_it_rejects_unknown_tasks(self) -> None:
+        self.client.force_login(self.alice)
+        r = self.client.post(self.url, {"task": "rm -rf"}, follow=True)
+        self.assertContains(r, "Unknown maintenance task.")
+        self.assertFalse(AuditEntry.objects.filter(event_type="maintenance_run_requested").exists())
+
+    def test_it_is_post_only(self) -> None:
+        self.client.force_login(self.alice)
+        self.assertEqual(self.client.get(self.url).status_code, 405)
+
+    def test_it_forbids_viewers(self) -> None:
+        self.client.force_login(self.bob)
+        self.assertEqual(self.client.post(self.url, {"task": "reconciliation"}).status_code, 403)
+        self.assertFalse(AuditEntry.objects.exists())
