@@ -50,7 +50,7 @@ class MaintenancePageTestCase(BaseTestCase):
         self.assertEqual(self.client.get(self.url).status_code, 403)
 
     def test_it_uses_a_constant_number_of_queries(self) -> None:
-        for i in range(3):
+        for _ in range(3):
             MaintenanceRun.objects.create(task="reconciliation", finished_at=timezone.now(), outcome="ok")
         self.client.force_login(self.bob)
         self.client.get(self.url)
