@@ -19,7 +19,7 @@ from django.utils.html import format_html
 
 from sessionadmin import services, tokens
 from sessionadmin.manager import SessionManager
-from sessionadmin.models import AgentSession, ApiToken, AuditEntry, Org, PromptLayer
+from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceRun, Org, PromptLayer
 from sessionadmin.roles import OPERATE_PERMISSION
 
 # --- Orgs, prompt layers, sessions, audit entries -------------------------------------------
@@ -250,6 +250,26 @@ class AuditEntryAdmin(admin.ModelAdmin):
 # --- MCP servers and clients ----------------------------------------------------------------
 
 # --- Maintenance runs -----------------------------------------------------------------------
+
+
+@admin.register(MaintenanceRun)
+class MaintenanceRunAdmin(admin.ModelAdmin):
+    """Read-only: runs are written by the maintenance tasks only."""
+
+    list_display = ["task", "started_at", "finished_at", "outcome", "triggered_by"]
+    list_filter = ["task", "outcome"]
+    date_hierarchy = "started_at"
+    search_fields = ["triggered_by", "error"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
 
 # --- API tokens -----------------------------------------------------------------------------
 

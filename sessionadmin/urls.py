@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from sessionadmin import api, views
+from sessionadmin import api, maintenance_views, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -20,6 +20,8 @@ urlpatterns = [
     path("orgs/<str:org_id>/edit/", views.org_edit, name="org_edit"),
     # MCP (sessionadmin/mcp_views.py)
     # Maintenance (sessionadmin/maintenance_views.py)
+    path("maintenance/", maintenance_views.maintenance_page, name="maintenance"),
+    path("maintenance/run/", maintenance_views.maintenance_run, name="maintenance_run"),
     # Runtime API (sessionadmin/api.py)
     path("healthz", api.healthz, name="healthz"),
     path("api/v1/healthz", api.healthz, name="api_healthz"),
