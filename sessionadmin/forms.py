@@ -4,7 +4,7 @@ and its errors are attached back to the fields they concern by the views."""
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
@@ -39,7 +39,11 @@ SORTS: dict[str, list[str]] = {
 
 
 class DashboardForm(forms.Form):
-    label_suffix = ""
+    """Labels without Django's trailing colon."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("label_suffix", "")
+        super().__init__(*args, **kwargs)
 
 
 class SessionFilterForm(DashboardForm):
@@ -201,5 +205,5 @@ class OrgForm(DashboardForm):
 
 
 def initial_pin_until(session: AgentSession) -> str:
-    base = session.pinned_until or timezone.now()
+    base = session.pinned_until or timezone.now() + timedelta(days=1)
     return timezone.localtime(base).strftime("%Y-%m-%dT%H:%M")
