@@ -249,6 +249,83 @@ class AuditEntryAdmin(admin.ModelAdmin):
 
 # --- MCP servers and clients ----------------------------------------------------------------
 
+from sessionadmin import mcp_services  # noqa: E402
+from sessionadmin.mcp_forms import McpServerForm  # noqa: E402
+from sessionadmin.models import McpClient, McpServer  # noqa: E402
+from sessionadmin.secrets import SecretsError, masked_mapping  # noqa: E402
+
+
+class McpServerAdminForm(McpServerForm):
+    class Meta(McpServerForm.Meta):
+        fields = [*McpServerForm.Meta.fields]
+
+
+@admin.register(McpServer)
+class McpServerAdmin(admin.ModelAdmin):
+    """Header and environment values are write-only here: shown masked (last characters
+    only), replaced by typing new ones, saved encrypted through ``mcp_services``."""
+
+    form = McpServerAdminForm
+    list_display = ["name", "transport", "enabled", "masked_headers", "masked_env", "created_at"]
+    list_filter = ["transport", "enabled"]
+    search_fields = ["name", "description"]
+    readonly_fields = ["masked_headers", "masked_env", "created_at"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        kwargs["fields"] = [*McpServerForm.Meta.fields, "args_text", "headers_text", "env_text", "clear_headers", "clear_env"]
+        base = super().get_form(request, obj, change, **kwargs)
+        headers, env = self._stored(obj)
+
+        class BoundForm(base):  # type: ignore[valid-type,misc]
+            def __init__(self, *args: Any, **kw: Any) -> None:
+                super().__init__(*args, stored_headers=headers, stored_env=env, **kw)
+
+        return BoundForm
+
+    @staticmethod
+    def _stored(obj: McpServer | None) -> tuple[dict[str, str], dict[str, str]]:
+        if obj is None:
+            return {}, {}
+        try:
+            return mcp_services.server_headers(obj), mcp_services.server_env(obj)
+        except SecretsError:
+            return {}, {}
+
+    @admin.display(description="headers")
+    def masked_headers(self, obj: McpServer) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in masked_mapping(self._stored(obj)[0]).items()) or "—"
+
+    @admin.display(description="environment")
+    def masked_env(self, obj: McpServer) -> str:
+        return ", ".join(f"{k}={v}" for k, v in masked_mapping(self._stored(obj)[1]).items()) or "—"
+
+    def save_model(self, request: HttpRequest, obj: McpServer, form: Any, change: bool) -> None:
+        headers, env = form.secrets_to_store()
+        mcp_services.save_server(obj, actor=request.user.get_username(), headers=headers, env=env)
+
+    def delete_model(self, request: HttpRequest, obj: McpServer) -> None:
+        mcp_services.delete_server(obj, actor=request.user.get_username())
+
+
+@admin.register(McpClient)
+class McpClientAdmin(admin.ModelAdmin):
+    """Read-only: clients are attached, refreshed and detached through the dashboard."""
+
+    list_display = ["client_id", "session", "status", "transport", "server_name", "server_version", "last_verified_at"]
+    list_filter = ["status", "transport"]
+    search_fields = ["client_id", "server_name", "session__id"]
+    list_select_related = ["session", "server"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 # --- Maintenance runs -----------------------------------------------------------------------
 
 

@@ -252,6 +252,28 @@ class AgentSession(models.Model):
     def get_workspace_path(self) -> str:
         return self.workspace_path
 
+    # MCP clients (the seed's AddMCPClient/RemoveMCPClient/GetMCPClient/ListMCPClients), done
+    # by ``mcp_services``; an unknown client id raises ``manager.MCPClientNotFound``.
+    def add_mcp_client(self, server: Any = None, *, actor: str | None = None, **options: Any) -> McpClient:
+        from sessionadmin import mcp_services
+
+        return mcp_services.add_client(self.id, server=server, actor=actor or "system", **options)
+
+    def remove_mcp_client(self, client_id: str, *, actor: str | None = None) -> McpClient:
+        from sessionadmin import mcp_services
+
+        return mcp_services.remove_client(self.id, client_id, actor=actor or "system")
+
+    def get_mcp_client(self, client_id: str) -> McpClient:
+        from sessionadmin import mcp_services
+
+        return mcp_services.get_client(self.id, client_id)
+
+    def list_mcp_clients(self) -> list[McpClient]:
+        from sessionadmin import mcp_services
+
+        return mcp_services.list_clients(self.id)
+
     def get_session_info(self) -> dict[str, Any]:
         return {
             "id": str(self.id),

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from sessionadmin import api, maintenance_views, views
+from sessionadmin import api, maintenance_views, mcp_views, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -19,6 +19,17 @@ urlpatterns = [
     path("orgs/new/", views.org_create, name="org_create"),
     path("orgs/<str:org_id>/edit/", views.org_edit, name="org_edit"),
     # MCP (sessionadmin/mcp_views.py)
+    path("sessions/<uuid:session_id>/mcp/", mcp_views.session_mcp, name="session_mcp"),
+    path("sessions/<uuid:session_id>/mcp/attach/", mcp_views.session_mcp_attach, name="session_mcp_attach"),
+    path("sessions/<uuid:session_id>/mcp/<slug:client_id>/refresh/", mcp_views.session_mcp_refresh, name="session_mcp_refresh"),
+    path("sessions/<uuid:session_id>/mcp/<slug:client_id>/detach/", mcp_views.session_mcp_detach, name="session_mcp_detach"),
+    path(
+        "sessions/<uuid:session_id>/mcp/<slug:client_id>/tools/<str:tool>/", mcp_views.session_mcp_tool, name="session_mcp_tool"
+    ),
+    path("mcp/servers/", mcp_views.mcp_server_list, name="mcp_server_list"),
+    path("mcp/servers/new/", mcp_views.mcp_server_edit, name="mcp_server_create"),
+    path("mcp/servers/<int:pk>/", mcp_views.mcp_server_edit, name="mcp_server_edit"),
+    path("mcp/servers/<int:pk>/delete/", mcp_views.mcp_server_delete, name="mcp_server_delete"),
     # Maintenance (sessionadmin/maintenance_views.py)
     path("maintenance/", maintenance_views.maintenance_page, name="maintenance"),
     path("maintenance/run/", maintenance_views.maintenance_run, name="maintenance_run"),

@@ -1,0 +1,430 @@
+"""The one module that speaks MCP (the official ``mcp`` SDK, pinned ``mcp>=2.3,<3``).
+
+Every operation opens its own connection, does its work within a deadline and closes it again:
+``inspect`` (handshake + tools/resources/prompts), ``ping`` (handshake), ``call_tool`` and
+``ping_many`` (many pings on one event loop, bounded concurrency). Nothing stays connected
+between operations, so "connected" in the dashboard means "the last operation succeeded", at
+the time it records.
+
+This module owns:
+- the sync/async boundary: callers are plain sync Django code; ``asgiref.async_to_sync`` runs
+  the coroutine, or a helper thread when the calling thread already runs an event loop;
+- the timeouts: one deadline (``anyio.fail_after``) around connect + work, and the SDK's own
+  per-request read timeout;
+- the errors: the SDK raises from inside task groups, so failures arrive wrapped in
+  ``ExceptionGroup``s of httpx, OS and SDK exceptions; they all leave here as one ``McpError``
+  whose ``kind`` says what went wrong and whose message never contains a secret;
+- stdio children: started with the session workspace as cwd and an environment built from the
+  catalog entry plus PATH/HOME/LANG, and always reaped (the SDK's stdio transport closes stdin,
+  then terminates and kills the process tree, inside a cancellation shield, even on timeout).
+
+The SDK (``import mcp``) costs about a second to import, so it is imported lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TextIO, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+T = TypeVar("T")
+
+UNREACHABLE = "unreachable"
+REFUSED = "refused"
+TIMEOUT = "timeout"
+PROTOCOL = "protocol error"
+AUTH = "auth"
+CLOSED = "connection closed"
+
+# What the dashboard's environment may hand down to a stdio server; nothing else is inherited.
+INHERITED_ENV = ("PATH", "HOME", "LANG")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+MAX_MESSAGE = 500
+
+
+class McpError(Exception):
+    """An MCP operation failed. ``kind`` is one of unreachable, refused, timeout, protocol
+    error, auth, connection closed; ``str()`` reads "<kind>: <what happened>"."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        self.kind = kind
+        self.detail = detail[:MAX_MESSAGE]
+        super().__init__(f"{kind}: {self.detail}")
+
+
+@dataclass(frozen=True)
+class Target:
+    """How to reach one server. ``headers`` and ``env`` hold secrets: never log a Target."""
+
+    transport: str  # "stdio", "streamable_http" or "sse"
+    url: str = ""
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    command: str = ""
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    cwd: str | None = None
+
+    def secrets(self) -> list[str]:
+        return [v for v in (*self.headers.values(), *self.env.values()) if v]
+
+    def describe(self) -> str:
+        """A printable name of the target: URL without credentials or query, or the command."""
+        if self.transport == "stdio":
+            return os.path.basename(self.command)
+        parts = urlsplit(self.url)
+        try:
+            port = f":{parts.port}" if parts.port else ""
+        except ValueError:
+            port = ""
+        return urlunsplit((parts.scheme, f"{parts.hostname or ''}{port}", parts.path, "", ""))
+
+
+@dataclass
+class Snapshot:
+    """What a handshake found."""
+
+    server_name: str
+    server_version: str
+    protocol_version: str
+    capabilities: dict[str, Any]
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    prompts: list[dict[str, Any]] = field(default_factory=list)
+    duration: float = 0.0
+
+
+@dataclass
+class ToolResult:
+    text: list[str]
+    structured: Any
+    is_error: bool
+    duration: float
+    other_content: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- the sync/async boundary ------------------------------------------------------------------
+
+
+def run_sync(fn: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine function to completion from sync code."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        from asgiref.sync import async_to_sync
+
+        return async_to_sync(_as_coroutine)(fn)
+    # async_to_sync refuses a thread that already runs a loop (e.g. under Playwright): run the
+    # coroutine on its own loop in a helper thread and wait for it.
+    box: dict[str, Any] = {}
+
+    def worker() -> None:
+        try:
+            box["value"] = asyncio.run(_as_coroutine(fn))
+        except BaseException as exc:
+            box["error"] = exc
+
+    thread = threading.Thread(target=worker, name="mcp-client", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+async def _as_coroutine(fn: Callable[[], Awaitable[T]]) -> T:
+    return await fn()
+
+
+# --- public operations ------------------------------------------------------------------------
+
+
+def inspect(target: Target, *, timeout: float) -> Snapshot:
+    """Handshake, then list tools, resources and prompts (those the server advertises)."""
+    return run_sync(lambda: _guarded(target, timeout, _inspect))
+
+
+def ping(target: Target, *, timeout: float) -> float:
+    """A handshake; returns its duration in seconds."""
+    return run_sync(lambda: _guarded(target, timeout, _ping))
+
+
+def call_tool(target: Target, name: str, arguments: dict[str, Any], *, timeout: float) -> ToolResult:
+    """Call one tool. A tool that fails server-side is a result with ``is_error``; a transport
+    or protocol failure is McpError."""
+
+    async def op(client: Any) -> ToolResult:
+        started = time.perf_counter()
+        result = await client.call_tool(name, arguments)
+        return _tool_result(result, time.perf_counter() - started)
+
+    return run_sync(lambda: _guarded(target, timeout, op))
+
+
+def ping_many(targets: Sequence[Target], *, timeout: float, concurrency: int) -> list[McpError | None]:
+    """Ping every target on one event loop, at most ``concurrency`` at a time. One entry per
+    target, in order: None when it answered, else the McpError."""
+
+    async def all_pings() -> list[McpError | None]:
+        import anyio
+
+        limiter = anyio.Semaphore(max(1, concurrency))
+        out: list[McpError | None] = [None] * len(targets)
+
+        async def one(index: int, target: Target) -> None:
+            async with limiter:
+                try:
+                    await _guarded(target, timeout, _ping)
+                except McpError as exc:
+                    out[index] = exc
+
+        async with anyio.create_task_group() as tg:
+            for index, target in enumerate(targets):
+                tg.start_soon(one, index, target)
+        return out
+
+    return run_sync(all_pings)
+
+
+# --- connection and error mapping -------------------------------------------------------------
+
+
+async def _guarded(target: Target, timeout: float, op: Callable[[Any], Awaitable[T]]) -> T:
+    """Connect, run ``op(client)`` and disconnect within ``timeout`` seconds; any failure
+    becomes McpError."""
+    import anyio
+
+    probe = _Probe()
+    errlog = _stderr_file() if target.transport == "stdio" else None
+    try:
+        with anyio.fail_after(timeout):
+            async with _client(target, timeout, probe, errlog) as client:
+                return await op(client)
+    except McpError:
+        raise
+    except BaseException as exc:
+        if not isinstance(exc, Exception | BaseExceptionGroup) or isinstance(exc, anyio.get_cancelled_exc_class()):
+            raise
+        raise _map_error(exc, target, timeout, probe, _stderr_tail(errlog)) from None
+    finally:
+        if errlog is not None:
+            errlog.close()
+
+
+class _Probe:
+    """Remembers the last HTTP error status seen, which the streamable-HTTP transport turns
+    into a generic JSON-RPC error (so a 401 would otherwise look like any server error)."""
+
+    def __init__(self) -> None:
+        self.status: int | None = None
+
+    async def on_response(self, response: Any) -> None:
+        if response.status_code >= 400:
+            self.status = response.status_code
+
+
+def _http_client(probe: _Probe, headers: dict[str, str] | None, timeout: Any) -> Any:
+    from mcp.shared._httpx_utils import create_mcp_http_client
+
+    client = create_mcp_http_client(headers=headers or None, timeout=timeout)
+    client.event_hooks["response"].append(probe.on_response)
+    return client
+
+
+def _client(target: Target, timeout: float, probe: _Probe, errlog: TextIO | None) -> Any:
+    import httpx2
+    from mcp import Client, StdioServerParameters
+
+    common: dict[str, Any] = {"read_timeout_seconds": timeout, "cache": None}
+    if target.transport == "stdio":
+        from mcp.client.stdio import stdio_client
+
+        params = StdioServerParameters(command=target.command, args=list(target.args), env=stdio_env(target.env), cwd=target.cwd)
+        return Client(stdio_client(params, errlog=errlog) if errlog is not None else stdio_client(params), **common)
+    http_timeout = httpx2.Timeout(timeout, read=timeout)
+    if target.transport == "streamable_http":
+        from mcp.client.streamable_http import streamable_http_client
+
+        return Client(streamable_http_client(target.url, http_client=_http_client(probe, target.headers, http_timeout)), **common)
+    if target.transport == "sse":
+        from mcp.client.sse import sse_client
+
+        def factory(headers: Any = None, timeout: Any = None, auth: Any = None) -> Any:
+            return _http_client(probe, headers, timeout)
+
+        transport = sse_client(
+            target.url, headers=target.headers or None, timeout=timeout, sse_read_timeout=timeout, httpx_client_factory=factory
+        )
+        return Client(transport, **common)
+    raise McpError(PROTOCOL, f"unknown transport {target.transport!r}")
+
+
+def stdio_env(catalog_env: dict[str, str]) -> dict[str, str]:
+    """The environment of a stdio server: PATH/HOME/LANG of this process plus the catalog
+    entry's own values. Nothing else of ours (database URL, secret key, broker URL) is passed.
+    (The SDK also hands down its own short safe list: LOGNAME, SHELL, TERM, USER.)"""
+    env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": os.environ.get("LANG", "C.UTF-8")}
+    if os.environ.get("HOME"):
+        env["HOME"] = os.environ["HOME"]
+    return env | dict(catalog_env)
+
+
+def _stderr_file() -> TextIO:
+    return tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
+
+
+def _stderr_tail(errlog: TextIO | None) -> str:
+    if errlog is None:
+        return ""
+    try:
+        errlog.flush()
+        errlog.seek(0)
+        lines = [line.strip() for line in errlog.read()[-4000:].splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    seen: BaseException | None = exc
+    while seen is not None and seen not in out and len(out) < 10:
+        out.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    return out
+
+
+def _map_error(exc: BaseException, target: Target, timeout: float, probe: _Probe, stderr: str) -> McpError:
+    error = _classify(_leaves(exc), target, timeout, probe, stderr)
+    return McpError(error.kind, redact(error.detail, target.secrets()))
+
+
+def _classify(leaves: list[BaseException], target: Target, timeout: float, probe: _Probe, stderr: str) -> McpError:
+    import httpx2
+    from mcp.shared.exceptions import MCPError
+
+    where = target.describe()
+    if probe.status in (401, 403):
+        return McpError(AUTH, f"{where} answered HTTP {probe.status}: check the credentials (headers) of this server")
+    for leaf in leaves:
+        if isinstance(leaf, httpx2.HTTPStatusError) and leaf.response.status_code in (401, 403):
+            return McpError(AUTH, f"{where} answered HTTP {leaf.response.status_code}: check the credentials of this server")
+    for leaf in leaves:
+        if isinstance(leaf, TimeoutError | httpx2.TimeoutException) or (isinstance(leaf, MCPError) and leaf.code == -32001):
+            return McpError(TIMEOUT, f"{where} did not answer within {timeout:g} s")
+    for leaf in leaves:
+        if isinstance(leaf, httpx2.ConnectError | OSError):
+            chain = _chain(leaf)
+            if (
+                any(isinstance(e, ConnectionRefusedError) for e in chain)
+                or "refused" in str(leaf).lower()
+                or ("All connection attempts failed" in str(leaf) and _is_loopback(target))
+            ):
+                return McpError(REFUSED, f"connection to {where} was refused (is the server running?)")
+            if isinstance(leaf, FileNotFoundError | PermissionError) and target.transport == "stdio":
+                return McpError(UNREACHABLE, f"cannot start {where}: {leaf.strerror or leaf}")
+            return McpError(UNREACHABLE, f"cannot reach {where}: {leaf}")
+        if isinstance(leaf, httpx2.HTTPStatusError):
+            return McpError(PROTOCOL, f"{where} answered HTTP {leaf.response.status_code}")
+    for leaf in leaves:
+        if isinstance(leaf, MCPError):
+            if leaf.code == -32000 or "closed" in leaf.message.lower():
+                extra = f" (server said: {stderr[:200]})" if stderr else ""
+                return McpError(CLOSED, f"{where} closed the connection before answering{extra}")
+            if probe.status is not None:
+                return McpError(PROTOCOL, f"{where} answered HTTP {probe.status} ({leaf.message})")
+            return McpError(PROTOCOL, f"{where}: {leaf.message} (code {leaf.code})")
+    first = leaves[0] if leaves else None
+    if isinstance(first, (httpx2.TransportError, *anyio_closed_errors())):
+        return McpError(CLOSED, f"{where} closed the connection: {type(first).__name__}")
+    return McpError(PROTOCOL, f"{where}: {type(first).__name__}: {first}"[:MAX_MESSAGE])
+
+
+def anyio_closed_errors() -> tuple[type[BaseException], ...]:
+    import anyio
+
+    return (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream)
+
+
+def _is_loopback(target: Target) -> bool:
+    return (urlsplit(target.url).hostname or "") in ("127.0.0.1", "localhost", "::1")
+
+
+def redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in sorted(secrets, key=len, reverse=True):
+        if len(secret) >= 3:
+            text = text.replace(secret, "[redacted]")
+    return text
+
+
+# --- results as plain data --------------------------------------------------------------------
+
+
+async def _ping(client: Any) -> float:
+    # The handshake already happened when the client was entered (discover on current
+    # servers, initialize on older ones); ping itself is gone from the 2026 protocol.
+    return 0.0
+
+
+async def _inspect(client: Any) -> Snapshot:
+    started = time.perf_counter()
+    caps = client.server_capabilities
+    info = client.server_info
+    snapshot = Snapshot(
+        server_name=getattr(info, "name", "") or "",
+        server_version=getattr(info, "version", "") or "",
+        protocol_version=str(client.protocol_version or ""),
+        capabilities=caps.model_dump(mode="json", exclude_none=True, by_alias=True) if caps else {},
+    )
+    if caps is None or caps.tools is not None:
+        tools = await client.list_tools()
+        snapshot.tools = [
+            {"name": t.name, "title": t.title or "", "description": t.description or "", "input_schema": t.input_schema or {}}
+            for t in tools.tools
+        ]
+    if caps is not None and caps.resources is not None:
+        resources = await client.list_resources()
+        snapshot.resources = [
+            {"uri": str(r.uri), "name": r.name, "description": r.description or "", "mime_type": r.mime_type or ""}
+            for r in resources.resources
+        ]
+    if caps is not None and caps.prompts is not None:
+        prompts = await client.list_prompts()
+        snapshot.prompts = [
+            {
+                "name": p.name,
+                "description": p.description or "",
+                "arguments": [{"name": a.name, "required": bool(a.required)} for a in (p.arguments or [])],
+            }
+            for p in prompts.prompts
+        ]
+    snapshot.duration = time.perf_counter() - started
+    return snapshot
+
+
+def _tool_result(result: Any, duration: float) -> ToolResult:
+    text: list[str] = []
+    other: list[dict[str, Any]] = []
+    for block in getattr(result, "content", None) or []:
+        if getattr(block, "type", "") == "text":
+            text.append(block.text)
+        else:
+            other.append({"type": getattr(block, "type", "unknown")})
+    return ToolResult(
+        text=text,
+        structured=getattr(result, "structured_content", None),
+        is_error=bool(getattr(result, "is_error", False)),
+        duration=duration,
+        other_content=other,
+    )

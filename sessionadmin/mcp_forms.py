@@ -1,0 +1,223 @@
+"""Forms of the MCP pages: attach, the catalog entry, and the tool call generated from a tool's
+JSON input schema."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+
+from sessionadmin.mcp_services import CLIENT_ID_RE
+from sessionadmin.models import McpServer
+from sessionadmin.secrets import mask
+
+ADHOC_TRANSPORTS = [(McpServer.Transport.STREAMABLE_HTTP, "Streamable HTTP"), (McpServer.Transport.SSE, "SSE")]
+NESTED_HELP = "JSON"
+
+
+class AttachForm(forms.Form):
+    server = forms.ModelChoiceField(queryset=McpServer.objects.none(), required=False, empty_label="— choose a catalog server —")
+    url = forms.URLField(required=False, max_length=2000, label="or an ad-hoc URL", assume_scheme="https")
+    transport = forms.ChoiceField(choices=ADHOC_TRANSPORTS, required=False, initial=McpServer.Transport.STREAMABLE_HTTP)
+    client_id = forms.CharField(
+        required=False, max_length=100, label="Client id", help_text="Optional; from the server name when empty."
+    )
+
+    def __init__(self, *args: Any, allow_adhoc: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.allow_adhoc = allow_adhoc
+        self.fields["server"].queryset = McpServer.objects.filter(enabled=True).order_by("name")  # type: ignore[attr-defined]
+        if not allow_adhoc:
+            del self.fields["url"]
+            del self.fields["transport"]
+
+    def clean_client_id(self) -> str:
+        value: str = self.cleaned_data.get("client_id", "").strip()
+        if value and not CLIENT_ID_RE.match(value):
+            raise forms.ValidationError("Lowercase letters, digits, '-' and '_' only.")
+        return value
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        has_server, has_url = bool(data.get("server")), bool(data.get("url"))
+        if has_server == has_url:
+            raise forms.ValidationError(
+                "Choose a catalog server or give a URL (not both)." if self.allow_adhoc else "Choose a catalog server."
+            )
+        return data
+
+
+class SecretTextarea(forms.Textarea):
+    """Never renders a value back into the page, not even the one just typed."""
+
+    def format_value(self, value: Any) -> str | None:
+        return None
+
+
+def _parse_pairs(text: str, separator: str, label: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        name, sep, value = line.partition(separator)
+        if not sep or not name.strip():
+            raise forms.ValidationError(f"{label} line {number}: expected NAME{separator}value.")
+        out[name.strip()] = value.strip()
+    return out
+
+
+class McpServerForm(forms.ModelForm):
+    url = forms.URLField(
+        required=False,
+        max_length=2000,
+        assume_scheme="https",
+        label="URL",
+        help_text="Streamable HTTP (…/mcp) or SSE (…/sse) endpoint.",
+    )
+    args_text = forms.CharField(
+        required=False, widget=forms.Textarea(attrs={"rows": 3}), label="Arguments", help_text="stdio: one argument per line."
+    )
+    headers_text = forms.CharField(
+        required=False,
+        widget=SecretTextarea(attrs={"rows": 3, "autocomplete": "off"}),
+        label="Headers",
+        help_text="Name: value per line. Empty keeps the stored headers.",
+    )
+    env_text = forms.CharField(
+        required=False,
+        widget=SecretTextarea(attrs={"rows": 3, "autocomplete": "off"}),
+        label="Environment",
+        help_text="NAME=value per line. Empty keeps the stored values.",
+    )
+    clear_headers = forms.BooleanField(required=False, label="Remove all stored headers")
+    clear_env = forms.BooleanField(required=False, label="Remove all stored environment values")
+
+    class Meta:
+        model = McpServer
+        fields = ["name", "description", "transport", "url", "command", "enabled"]
+
+    def __init__(
+        self, *args: Any, stored_headers: dict[str, str] | None = None, stored_env: dict[str, str] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.stored_headers = {k: mask(v) for k, v in (stored_headers or {}).items()}
+        self.stored_env = {k: mask(v) for k, v in (stored_env or {}).items()}
+        if self.instance.pk and not self.is_bound:
+            self.initial["args_text"] = "\n".join(str(a) for a in self.instance.args or [])
+
+    def clean_headers_text(self) -> dict[str, str] | None:
+        text = self.cleaned_data.get("headers_text", "")
+        return _parse_pairs(text, ":", "Headers") if text.strip() else None
+
+    def clean_env_text(self) -> dict[str, str] | None:
+        text = self.cleaned_data.get("env_text", "")
+        return _parse_pairs(text, "=", "Environment") if text.strip() else None
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        transport = data.get("transport")
+        if transport == McpServer.Transport.STDIO and not data.get("command"):
+            self.add_error("command", "A stdio server needs a command.")
+        if transport in (McpServer.Transport.STREAMABLE_HTTP, McpServer.Transport.SSE) and not data.get("url"):
+            self.add_error("url", "This transport needs a URL.")
+        self.instance.args = [line.strip() for line in data.get("args_text", "").splitlines() if line.strip()]
+        return data
+
+    def secrets_to_store(self) -> tuple[dict[str, str] | None, dict[str, str] | None]:
+        """(headers, env) to encrypt: a new mapping, {} to clear, None to keep."""
+        headers = {} if self.cleaned_data.get("clear_headers") else self.cleaned_data.get("headers_text")
+        env = {} if self.cleaned_data.get("clear_env") else self.cleaned_data.get("env_text")
+        return headers, env
+
+
+# --- tool calls ---------------------------------------------------------------------------------
+
+
+def _resolve(schema: dict[str, Any], prop: dict[str, Any]) -> dict[str, Any]:
+    ref = prop.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/"):
+        node: Any = schema
+        for part in ref[2:].split("/"):
+            node = node.get(part, {}) if isinstance(node, dict) else {}
+        return {**node, **{k: v for k, v in prop.items() if k != "$ref"}}
+    return prop
+
+
+def _field_for(prop: dict[str, Any], required: bool) -> tuple[forms.Field, str]:
+    """A form field for one property, and how to read its value ("scalar" or "json")."""
+    label = str(prop.get("title") or "")
+    help_text = str(prop.get("description") or "")
+    kind = prop.get("type")
+    common: dict[str, Any] = {"required": required, "help_text": help_text}
+    if label:
+        common["label"] = label
+    if "default" in prop and not isinstance(prop["default"], dict | list):
+        common["initial"] = prop["default"]
+    enum = prop.get("enum")
+    if isinstance(enum, list) and enum and all(isinstance(v, str | int | float) for v in enum):
+        choices = ([] if required else [("", "—")]) + [(str(v), str(v)) for v in enum]
+        return forms.ChoiceField(choices=choices, **common), "enum"
+    if kind == "string":
+        return forms.CharField(strip=False, max_length=prop.get("maxLength"), **common), "scalar"
+    if kind == "integer":
+        return forms.IntegerField(min_value=prop.get("minimum"), max_value=prop.get("maximum"), **common), "scalar"
+    if kind == "number":
+        return forms.FloatField(min_value=prop.get("minimum"), max_value=prop.get("maximum"), **common), "scalar"
+    if kind == "boolean":
+        # An unchecked box is "false": a required boolean is always answered.
+        common["required"] = False
+        return forms.BooleanField(**common), "bool"
+    field = forms.CharField(widget=forms.Textarea(attrs={"rows": 3, "class": "json"}), **common)
+    field.help_text = f"{help_text} ({NESTED_HELP})".strip()
+    return field, "json"
+
+
+class ToolCallForm(forms.Form):
+    """Fields generated from a tool's input schema: strings, numbers, integers, booleans and
+    enums get their own inputs; anything nested (objects, arrays, unions) a JSON textarea."""
+
+    def __init__(self, schema: dict[str, Any] | None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.schema = schema if isinstance(schema, dict) else {}
+        props = self.schema.get("properties") if isinstance(self.schema.get("properties"), dict) else {}
+        required = set(self.schema.get("required") or [])
+        self.kinds: dict[str, str] = {}
+        self.enum_values: dict[str, list[Any]] = {}
+        for name, raw in (props or {}).items():
+            prop = _resolve(self.schema, raw if isinstance(raw, dict) else {})
+            field, kind = _field_for(prop, name in required)
+            self.fields[f"arg_{name}"] = field
+            if not field.label:
+                field.label = name
+            self.kinds[name] = kind
+            if kind == "enum":
+                self.enum_values[name] = list(prop["enum"])
+
+    def arguments(self) -> dict[str, Any]:
+        """The tool's arguments from cleaned data; empty optional fields are left out."""
+        out: dict[str, Any] = {}
+        for name, kind in self.kinds.items():
+            value = self.cleaned_data.get(f"arg_{name}")
+            if kind == "bool":
+                out[name] = bool(value)
+            elif value in (None, ""):
+                continue
+            elif kind == "enum":
+                out[name] = next((v for v in self.enum_values[name] if str(v) == value), value)
+            elif kind == "json":
+                out[name] = value  # parsed in clean()
+            else:
+                out[name] = value
+        return out
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        for name, kind in self.kinds.items():
+            key = f"arg_{name}"
+            if kind == "json" and data.get(key) not in (None, ""):
+                try:
+                    data[key] = json.loads(data[key])
+                except ValueError as exc:
+                    self.add_error(key, f"Not valid JSON: {exc}")
+        return data

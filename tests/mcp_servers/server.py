@@ -1,0 +1,144 @@
+"""A real MCP server for the tests and the benchmark, run as its own process.
+
+    python tests/mcp_servers/server.py stdio
+    python tests/mcp_servers/server.py streamable-http|sse [--token T]
+
+Over HTTP it binds 127.0.0.1 on a free port itself and prints ``PORT <n>`` on stdout once it
+listens, so the parent never races another process for the port. With ``--token`` (or the
+``TEST_MCP_TOKEN`` environment variable) every HTTP request must carry ``Authorization: Bearer
+<token>``, else 401.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from enum import StrEnum
+from typing import Any
+
+from mcp.server import MCPServer
+
+server = MCPServer("sessionadmin-test-server", version="1.2.3", log_level="WARNING")
+
+
+class Unit(StrEnum):
+    celsius = "celsius"
+    fahrenheit = "fahrenheit"
+
+
+@server.tool()
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+@server.tool()
+def echo(text: str, times: int = 1, shout: bool = False) -> str:
+    """Repeat a text."""
+    out = " ".join([text] * times)
+    return out.upper() if shout else out
+
+
+@server.tool()
+def convert(value: float, unit: Unit) -> dict[str, Any]:
+    """Convert a temperature to the other unit."""
+    if unit == Unit.celsius:
+        return {"value": value * 9 / 5 + 32, "unit": "fahrenheit"}
+    return {"value": (value - 32) * 5 / 9, "unit": "celsius"}
+
+
+@server.tool()
+def describe(item: dict[str, Any]) -> str:
+    """Describe a nested object (its keys, sorted)."""
+    return ",".join(sorted(item))
+
+
+@server.tool()
+def whoami() -> dict[str, Any]:
+    """The server process: pid, working directory and environment variable names."""
+    return {"pid": os.getpid(), "cwd": os.getcwd(), "env": sorted(os.environ)}
+
+
+@server.tool()
+def getenv(name: str) -> str:
+    """One environment variable of the server process ("" when unset)."""
+    return os.environ.get(name, "")
+
+
+@server.tool()
+def sleep(seconds: float, pidfile: str = "") -> str:
+    """Sleep, to test timeouts (first writing this process's pid to ``pidfile`` if given)."""
+    if pidfile:
+        with open(pidfile, "w") as fh:
+            fh.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "slept"
+
+
+@server.tool()
+def crash() -> str:
+    """Kill the server process in the middle of the call."""
+    os._exit(3)
+
+
+@server.tool()
+def fail(message: str) -> str:
+    """Raise, so the result carries the error flag."""
+    raise ValueError(message)
+
+
+@server.resource("test://readme", name="readme", mime_type="text/plain")
+def readme() -> str:
+    return "the test server's readme"
+
+
+@server.prompt()
+def greet(name: str) -> str:
+    """A greeting prompt."""
+    return f"Say hello to {name}."
+
+
+def _bearer_guard(app: Any, token: str) -> Any:
+    expected = f"Bearer {token}".encode()
+
+    async def guarded(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and dict(scope["headers"]).get(b"authorization") != expected:
+            await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"unauthorized"})
+            return
+        await app(scope, receive, send)
+
+    return guarded
+
+
+def serve_http(transport: str, token: str) -> None:
+    import anyio
+    import uvicorn
+
+    app = server.streamable_http_app() if transport == "streamable-http" else server.sse_app()
+    asgi = _bearer_guard(app, token) if token else app
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    print(f"PORT {sock.getsockname()[1]}", flush=True)
+    config = uvicorn.Config(asgi, log_level="warning", lifespan="on")
+    anyio.run(uvicorn.Server(config).serve, [sock])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("transport", choices=["stdio", "streamable-http", "sse"])
+    parser.add_argument("--token", default=os.environ.get("TEST_MCP_TOKEN", ""))
+    args = parser.parse_args()
+    if args.transport == "stdio":
+        server.run("stdio")
+    else:
+        serve_http(args.transport, args.token)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
