@@ -116,20 +116,32 @@ def _token_entry(event_type: str, token: ApiToken, actor: str, now: datetime) ->
     )
 
 
+def looks_like_token(raw: str) -> bool:
+    return PREFIX_LENGTH + 2 <= len(raw) <= 200 and raw.startswith(TOKEN_SCHEME + "_")
+
+
 def authenticate(raw: str, *, now: datetime | None = None) -> ApiToken | None:
     """The usable token whose plaintext is ``raw``, or None. One SELECT; ``last_used_at`` is
     written at most once per LAST_USED_RESOLUTION_SECONDS, so a heartbeat stays a read."""
-    if len(raw) < PREFIX_LENGTH + 2 or len(raw) > 200 or not raw.startswith(TOKEN_SCHEME + "_"):
+    if not looks_like_token(raw):
         return None
     now = now or timezone.now()
     token = ApiToken.objects.usable(now).filter(prefix=raw[:PREFIX_LENGTH]).first()
     if token is None or not hmac.compare_digest(token.token_hash, hash_token(raw)):
         return None
-    cutoff = now - timedelta(seconds=LAST_USED_RESOLUTION_SECONDS)
-    if token.last_used_at is None or token.last_used_at < cutoff:
-        # Conditional, so concurrent requests of one token write once between them.
-        ApiToken.objects.filter(pk=token.pk).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=cutoff)).update(
-            last_used_at=now
-        )
+    if token.last_used_at is None or token.last_used_at < last_used_cutoff(now):
+        mark_used(token.pk, now=now)
         token.last_used_at = now
     return token
+
+
+def last_used_cutoff(now: datetime) -> datetime:
+    return now - timedelta(seconds=LAST_USED_RESOLUTION_SECONDS)
+
+
+def mark_used(token_id: int, *, now: datetime) -> None:
+    """Conditional, so concurrent requests of one token write once between them."""
+    cutoff = last_used_cutoff(now)
+    ApiToken.objects.filter(pk=token_id).filter(Q(last_used_at__isnull=True) | Q(last_used_at__lt=cutoff)).update(
+        last_used_at=now
+    )

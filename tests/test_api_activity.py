@@ -7,6 +7,7 @@ import time_machine
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
+from sessionadmin import tokens
 from sessionadmin.models import AgentSession, AuditEntry
 from tests.api_base import ApiTestCase
 
@@ -36,12 +37,31 @@ class ActivityTestCase(ApiTestCase):
         self.session.refresh_from_db()
         self.assertEqual(self.session.last_active_at, T0 + timedelta(seconds=2 * RESOLUTION + 2))
 
-    def test_a_heartbeat_within_the_window_is_two_reads(self) -> None:
+    def test_a_heartbeat_within_the_window_is_one_read(self) -> None:
         with time_machine.travel(T0 + timedelta(seconds=1), tick=False):
             self.api("POST", self.url)  # the token's last_used_at is written here, once
-            # 1. SELECT the token by prefix  2. SELECT last_active_at of the active, in-scope session
-            with self.assertNumQueries(2):
+            # 1. SELECT the usable token by prefix LEFT JOIN the active, in-scope session
+            with self.assertNumQueries(1):
                 self.api("POST", self.url)
+
+    def test_it_writes_the_tokens_last_use_coalesced(self) -> None:
+        with time_machine.travel(T0 + timedelta(seconds=1), tick=False):
+            self.api("POST", self.url)
+        with time_machine.travel(T0 + timedelta(seconds=5), tick=False):
+            self.api("POST", self.url)
+        self.acme_token.refresh_from_db()
+        self.assertEqual(self.acme_token.last_used_at, T0 + timedelta(seconds=1))
+
+    def test_it_is_401_for_bad_expired_and_revoked_tokens(self) -> None:
+        self.assertEqual(self.api("POST", self.url, token=None).status_code, 401)
+        self.assertEqual(self.api("POST", "/api/v1/sessions/nope/activity", token=None).status_code, 401)
+        r = self.client.post(self.url, headers={"Authorization": "Bearer " + self.raw["acme-runtime"][:-2] + "xx"})
+        self.assertEqual(r.status_code, 401)
+        _, raw = tokens.create_token(name="short", actor="root", expires_at=T0 + timedelta(hours=1), now=T0)
+        with time_machine.travel(T0 + timedelta(hours=2), tick=False):
+            self.assertEqual(self.client.post(self.url, headers={"Authorization": f"Bearer {raw}"}).status_code, 401)
+        tokens.revoke_token(name="acme-runtime", actor="root")
+        self.assertEqual(self.api("POST", self.url).status_code, 401)
 
     def test_it_is_404_for_unknown_other_org_and_ended_sessions(self) -> None:
         theirs = self.create("user-1", "globex")
