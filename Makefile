@@ -52,4 +52,5 @@ test-browser: install browser
 test: install services browser lint test-sqlite test-postgres test-browser
 
 bench: install services
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	DATABASE_URL=$(PG_URL) $(BIN)/python manage.py benchmark all
