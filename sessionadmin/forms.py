@@ -23,10 +23,12 @@ STATUS_FILTERS = [
     ("failed", "Failed"),
     ("all", "All"),
 ]
-# Sort key -> ordering. The id tie-breaker keeps pages stable when times are equal.
+# Sort key -> ordering. Creation times are unique in practice (one insert per session), so
+# they need no tie-breaker, which lets PostgreSQL read (status, -created_at) in order; activity
+# times can tie, so those sorts end with the id (session_live_active_idx has it).
 SORTS: dict[str, list[str]] = {
-    "-created": ["-created_at", "-id"],
-    "created": ["created_at", "id"],
+    "-created": ["-created_at"],
+    "created": ["created_at"],
     "-last_active": ["-last_active_at", "-id"],
     "last_active": ["last_active_at", "id"],
     "user": ["user_id", "-created_at"],

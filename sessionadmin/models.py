@@ -218,6 +218,12 @@ class AgentSession(models.Model):
             # Dashboard search by user id prefix (LIKE 'x%' needs pattern ops outside the C
             # collation; other backends ignore the opclass).
             models.Index(fields=["user_id"], opclasses=["varchar_pattern_ops"], name="session_user_pattern_idx"),
+            # Dashboard list of live sessions sorted by last activity (either direction).
+            models.Index(
+                fields=["-last_active_at", "-id"],
+                condition=Q(status__in=["active", "terminating"]),
+                name="session_live_active_idx",
+            ),
         ]
 
     def __str__(self) -> str:

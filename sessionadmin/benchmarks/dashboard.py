@@ -331,6 +331,17 @@ def _index_names(plan: Any) -> list[str]:
     return found
 
 
+def _outer_table(sql: str) -> str:
+    """The table of the outermost FROM (subqueries in the select list are skipped)."""
+    depth = 0
+    for i, char in enumerate(sql):
+        depth += char == "("
+        depth -= char == ")"
+        if depth == 0 and sql.startswith(' FROM "', i):
+            return sql[i + 7 : sql.index('"', i + 7)]
+    return "?"
+
+
 def _explain(sql: str) -> str:
     from django.db import connection
 
@@ -406,13 +417,12 @@ def measure(out: Any, requests: int) -> None:
             plans.append((label, sql, _explain(sql)))
     out.write("")
     out.write("query plans (auth/session queries left out):")
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for label, sql, plan in plans:
-        key = sql.split(" FROM ", 1)[1][:60] + plan if " FROM " in sql else plan
-        if key in seen:
+        table = _outer_table(sql)
+        if (table, plan) in seen:
             continue
-        seen.add(key)
-        table = sql.split(" FROM ", 1)[1].split()[0].strip('"') if " FROM " in sql else "?"
+        seen.add((table, plan))
         out.write(f"  {label:38} {table:28} {plan}")
     out.write("")
     out.write(
