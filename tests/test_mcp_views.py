@@ -1,0 +1,260 @@
+"""The MCP pages: a session's MCP panel (attach, refresh, detach, call a tool) and the catalog."""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from django.contrib.auth.models import Permission
+from django.urls import reverse
+
+from sessionadmin import mcp_services
+from sessionadmin.models import AuditEntry, McpClient, McpServer
+from tests.base import PASSWORD, BaseTestCase
+from tests.mcp_servers import RunningServer
+
+SECRET = "view-secret-Pp9-7731"
+
+
+class McpViewsTestCase(BaseTestCase):
+    http: RunningServer
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        cls.http = RunningServer("streamable-http", token=SECRET)
+        cls.addClassCleanup(cls.http.stop)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.session = self.manager().create_session("u1", "acme", actor="alice")
+        self.server = mcp_services.save_server(
+            McpServer(name="tools", transport="streamable_http", url=self.http.url),
+            actor="alice",
+            headers={"Authorization": f"Bearer {SECRET}"},
+        )
+        self.panel_url = reverse("session_mcp", args=[self.session.id])
+        self.attach_url = reverse("session_mcp_attach", args=[self.session.id])
+
+    def login(self, user: str) -> None:
+        self.client.login(username=user, password=PASSWORD)
+
+    def attach(self) -> McpClient:
+        return mcp_services.add_client(self.session.id, server=self.server, actor="alice")
+
+
+class PanelTests(McpViewsTestCase):
+    def test_it_shows_the_panel_to_viewers(self) -> None:
+        self.attach()
+        self.login("bob")
+        response = self.client.get(self.panel_url)
+        self.assertContains(response, "sessionadmin-test-server 1.2.3")
+        self.assertContains(response, "badge-connected")
+        self.assertContains(response, "last verified")
+        self.assertContains(response, "test://readme")
+        self.assertNotContains(response, "Attach a server")
+        self.assertNotContains(response, SECRET)
+
+    def test_it_renders_the_partial_for_htmx(self) -> None:
+        self.login("alice")
+        response = self.client.get(self.panel_url, headers={"HX-Request": "true"})
+        self.assertContains(response, 'id="mcp-clients"')
+        self.assertContains(response, "Attach a server")
+        self.assertNotContains(response, "<html")
+
+    def test_it_is_404_for_strangers_and_unknown_sessions(self) -> None:
+        self.login("charlie")
+        self.assertEqual(self.client.get(self.panel_url).status_code, 404)
+        self.login("alice")
+        self.assertEqual(self.client.get(reverse("session_mcp", args=[uuid.uuid4()])).status_code, 404)
+
+
+class AttachViewTests(McpViewsTestCase):
+    def test_it_attaches_a_catalog_server(self) -> None:
+        self.login("alice")
+        response = self.client.post(self.attach_url, {"server": self.server.pk}, headers={"HX-Request": "true"})
+        self.assertContains(response, "Attached tools")
+        self.assertContains(response, "sessionadmin-test-server")
+        self.assertNotContains(response, SECRET)
+        self.assertEqual(McpClient.objects.get().created_by, "alice")
+
+    def test_it_redirects_a_plain_post(self) -> None:
+        self.login("alice")
+        response = self.client.post(self.attach_url, {"server": self.server.pk})
+        self.assertRedirects(response, self.panel_url)
+
+    def test_it_shows_a_failed_attach_without_a_client(self) -> None:
+        mcp_services.save_server(self.server, actor="alice", headers={"Authorization": "Bearer wrong"})
+        self.login("alice")
+        response = self.client.post(self.attach_url, {"server": self.server.pk}, headers={"HX-Request": "true"})
+        self.assertContains(response, "Attach failed: auth:")
+        self.assertFalse(McpClient.objects.exists())
+
+    def test_it_offers_an_adhoc_url_only_with_the_permission(self) -> None:
+        self.login("alice")
+        response = self.client.post(self.attach_url, {"url": "http://127.0.0.1:9/mcp"}, headers={"HX-Request": "true"})
+        self.assertEqual(response.status_code, 422)
+        self.assertNotContains(response, 'name="url"', status_code=422)
+        self.alice.user_permissions.add(Permission.objects.get(codename="attach_adhoc_mcp"))
+        response = self.client.post(
+            self.attach_url, {"url": "http://127.0.0.1:9/mcp", "transport": "streamable_http"}, headers={"HX-Request": "true"}
+        )
+        self.assertContains(response, "Attach failed: refused:")
+        self.assertEqual(AuditEntry.objects.filter(event_type="mcp_client_add_failed").count(), 1)
+
+    def test_it_is_post_only_and_for_operators(self) -> None:
+        self.login("alice")
+        self.assertEqual(self.client.get(self.attach_url).status_code, 405)
+        self.login("bob")
+        self.assertEqual(self.client.post(self.attach_url, {"server": self.server.pk}).status_code, 403)
+        self.login("charlie")
+        self.assertEqual(self.client.post(self.attach_url, {"server": self.server.pk}).status_code, 404)
+        self.login("alice")
+        self.assertEqual(self.client.post(reverse("session_mcp_attach", args=[uuid.uuid4()])).status_code, 404)
+        self.assertFalse(McpClient.objects.exists())
+
+
+class ClientActionViewTests(McpViewsTestCase):
+    def test_it_refreshes_and_detaches(self) -> None:
+        self.attach()
+        self.login("alice")
+        refresh = reverse("session_mcp_refresh", args=[self.session.id, "tools"])
+        self.assertContains(self.client.post(refresh, headers={"HX-Request": "true"}), "tools answered.")
+        detach = reverse("session_mcp_detach", args=[self.session.id, "tools"])
+        self.assertContains(self.client.post(detach, headers={"HX-Request": "true"}), "No MCP client attached.")
+        self.assertEqual(McpClient.objects.get().status, McpClient.Status.CLOSED)
+        self.assertEqual(self.client.post(detach).status_code, 404)
+
+    def test_actions_are_post_only_and_for_operators(self) -> None:
+        self.attach()
+        for name in ("session_mcp_refresh", "session_mcp_detach"):
+            url = reverse(name, args=[self.session.id, "tools"])
+            self.login("alice")
+            self.assertEqual(self.client.get(url).status_code, 405)
+            self.login("bob")
+            self.assertEqual(self.client.post(url).status_code, 403)
+        self.assertEqual(McpClient.objects.get().status, McpClient.Status.CONNECTED)
+
+
+class ToolCallViewTests(McpViewsTestCase):
+    def tool_url(self, tool: str) -> str:
+        return reverse("session_mcp_tool", args=[self.session.id, "tools", tool])
+
+    def test_it_generates_a_form_from_the_schema(self) -> None:
+        self.attach()
+        self.login("alice")
+        echo = self.client.get(self.tool_url("echo"), headers={"HX-Request": "true"}).content.decode()
+        self.assertIn('name="arg_text"', echo)
+        self.assertIn('type="number" name="arg_times" value="1"', echo)
+        self.assertIn('type="checkbox" name="arg_shout"', echo)
+        convert = self.client.get(self.tool_url("convert")).content.decode()
+        self.assertIn('<option value="celsius">celsius</option>', convert)
+        self.assertIn('step="any"', convert)
+        describe = self.client.get(self.tool_url("describe")).content.decode()
+        self.assertIn('<textarea name="arg_item"', describe)
+
+    def test_it_calls_a_tool_and_shows_the_result(self) -> None:
+        self.attach()
+        self.login("alice")
+        response = self.client.post(
+            self.tool_url("convert"), {"arg_value": "100", "arg_unit": "celsius"}, headers={"HX-Request": "true"}
+        )
+        self.assertContains(response, "badge-connected")
+        self.assertContains(response, "Structured content")
+        self.assertContains(response, "&quot;value&quot;: 212.0")
+        self.assertContains(response, " ms</span>")
+        [called] = AuditEntry.objects.filter(event_type="mcp_tool_called")
+        self.assertEqual((called.details["tool"], called.details["is_error"]), ("convert", False))
+
+    def test_it_passes_nested_json_and_shows_error_results(self) -> None:
+        self.attach()
+        self.login("alice")
+        ok = self.client.post(self.tool_url("describe"), {"arg_item": json.dumps({"b": 1, "a": {"x": 2}})})
+        self.assertContains(ok, "a,b")
+        failed = self.client.post(self.tool_url("fail"), {"arg_message": "kaput"})
+        self.assertContains(failed, 'data-is-error="true"')
+        self.assertContains(failed, "kaput")
+
+    def test_it_rejects_invalid_arguments_before_calling(self) -> None:
+        self.attach()
+        self.login("alice")
+        response = self.client.post(self.tool_url("add"), {"arg_a": "one"}, headers={"HX-Request": "true"})
+        self.assertEqual(response.status_code, 422)
+        self.assertContains(response, "Enter a whole number.", status_code=422)
+        self.assertContains(response, "This field is required.", status_code=422)
+        bad_json = self.client.post(self.tool_url("describe"), {"arg_item": "{nope"})
+        self.assertContains(bad_json, "Not valid JSON", status_code=400)
+        self.assertFalse(AuditEntry.objects.filter(event_type="mcp_tool_called").exists())
+
+    def test_viewers_see_the_form_but_may_not_call(self) -> None:
+        self.attach()
+        self.login("bob")
+        self.assertContains(self.client.get(self.tool_url("add")), "Only operators may call tools.")
+        self.assertEqual(self.client.post(self.tool_url("add"), {"arg_a": "1", "arg_b": "2"}).status_code, 403)
+        self.login("alice")
+        self.assertEqual(self.client.get(self.tool_url("nope")).status_code, 404)
+        self.assertEqual(self.client.put(self.tool_url("add")).status_code, 405)
+
+
+class CatalogViewTests(McpViewsTestCase):
+    def test_it_lists_servers_with_secret_names_only(self) -> None:
+        self.login("bob")
+        response = self.client.get(reverse("mcp_server_list"))
+        self.assertContains(response, "header Authorization")
+        self.assertNotContains(response, SECRET)
+        self.assertNotContains(response, "New server")
+
+    def test_operators_create_and_edit_servers_without_seeing_secrets(self) -> None:
+        self.login("alice")
+        response = self.client.post(
+            reverse("mcp_server_create"),
+            {
+                "name": "stdio-tool",
+                "transport": "stdio",
+                "command": "/usr/bin/env",
+                "args_text": "python3\n-V",
+                "env_text": "API_KEY=abc-1234567890",
+                "enabled": "on",
+            },
+        )
+        self.assertRedirects(response, reverse("mcp_server_list"))
+        created = McpServer.objects.get(name="stdio-tool")
+        self.assertEqual(created.args, ["python3", "-V"])
+        self.assertEqual(mcp_services.server_env(created), {"API_KEY": "abc-1234567890"})
+        edit = self.client.get(reverse("mcp_server_edit", args=[created.pk]))
+        self.assertContains(edit, "API_KEY=••••890")
+        self.assertNotContains(edit, "abc-1234567890")
+        # A rejected form does not echo the secret that was typed either.
+        rejected = self.client.post(
+            reverse("mcp_server_edit", args=[created.pk]),
+            {"name": "stdio-tool", "transport": "sse", "env_text": "API_KEY=new-secret-555"},
+        )
+        self.assertEqual(rejected.status_code, 400)
+        self.assertNotContains(rejected, "new-secret-555", status_code=400)
+        kept = self.client.post(
+            reverse("mcp_server_edit", args=[created.pk]),
+            {"name": "stdio-tool", "transport": "stdio", "command": "/usr/bin/env", "enabled": "on"},
+        )
+        self.assertEqual(kept.status_code, 302)
+        self.assertEqual(mcp_services.server_env(McpServer.objects.get(pk=created.pk)), {"API_KEY": "abc-1234567890"})
+        events = AuditEntry.objects.filter(event_type__startswith="mcp_server_").values_list("event_type", flat=True)
+        self.assertEqual(sorted(events), ["mcp_server_created", "mcp_server_created", "mcp_server_updated"])
+        self.assertNotIn("abc-1234567890", json.dumps(list(AuditEntry.objects.values_list("details", flat=True))))
+
+    def test_catalog_changes_are_for_operators(self) -> None:
+        self.login("bob")
+        self.assertEqual(self.client.get(reverse("mcp_server_create")).status_code, 403)
+        self.assertEqual(self.client.post(reverse("mcp_server_delete", args=[self.server.pk])).status_code, 403)
+        self.login("alice")
+        self.assertEqual(self.client.get(reverse("mcp_server_delete", args=[self.server.pk])).status_code, 405)
+        self.assertEqual(self.client.post(reverse("mcp_server_delete", args=[self.server.pk + 100])).status_code, 404)
+        self.assertRedirects(self.client.post(reverse("mcp_server_delete", args=[self.server.pk])), reverse("mcp_server_list"))
+        self.assertFalse(McpServer.objects.exists())
+
+    def test_the_admin_shows_masked_secrets(self) -> None:
+        self.login("root")
+        changelist = self.client.get(reverse("admin:sessionadmin_mcpserver_changelist"))
+        self.assertContains(changelist, "Authorization: ••••7731")
+        change = self.client.get(reverse("admin:sessionadmin_mcpserver_change", args=[self.server.pk]))
+        self.assertContains(change, "••••7731")
+        self.assertNotContains(change, SECRET)
