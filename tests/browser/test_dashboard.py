@@ -76,3 +76,19 @@ def test_it_shows_a_viewer_no_action_buttons(personas: Any, login: Any, live_ser
     expect(page.locator("main button")).to_have_count(0)
     expect(page.locator("#prompt-form")).to_have_js_property("tagName", "PRE")
     page.screenshot(path=str(artifacts_dir / "session_detail_viewer.png"), full_page=True)
+
+
+def test_it_creates_an_org_inline(personas: Any, login: Any, live_server: Any, artifacts_dir: Path) -> None:
+    page = login("alice")
+    page.get_by_role("link", name="Orgs").click()
+    page.locator("summary", has_text="New org").click()
+    page.fill("#org-create input[name=id]", "../initech")
+    page.fill("#org-create input[name=name]", "Initech")
+    page.fill("#org-create input[name=max_sessions]", "3")
+    page.get_by_role("button", name="Create org").click()
+    expect(page.locator("#org-create")).to_contain_text("Invalid org id: must not contain '..'.")
+    page.fill("#org-create input[name=id]", "initech")
+    page.get_by_role("button", name="Create org").click()
+    expect(page.locator(".message-success")).to_have_text("Org initech created.")
+    expect(page.locator("tbody tr", has_text="initech")).to_contain_text("0 / 3")
+    page.screenshot(path=str(artifacts_dir / "org_list.png"), full_page=True)
