@@ -24,6 +24,7 @@ The SDK (``import mcp``) costs about a second to import, so it is imported lazil
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import tempfile
 import threading
@@ -46,6 +47,7 @@ CLOSED = "connection closed"
 INHERITED_ENV = ("PATH", "HOME", "LANG")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_MESSAGE = 500
+MAX_PAGES = 20
 
 
 class McpError(Exception):
@@ -228,12 +230,26 @@ class _Probe:
             self.status = response.status_code
 
 
-def _http_client(probe: _Probe, headers: dict[str, str] | None, timeout: Any) -> Any:
-    from mcp.shared._httpx_utils import create_mcp_http_client
+@functools.cache
+def _ssl_context() -> Any:
+    """One TLS context for every connection: building one loads the CA bundle, which costs
+    ~100 ms of CPU, more than a whole MCP handshake on a LAN."""
+    import httpx2
 
-    client = create_mcp_http_client(headers=headers or None, timeout=timeout)
-    client.event_hooks["response"].append(probe.on_response)
-    return client
+    return httpx2.create_ssl_context()
+
+
+def _http_client(probe: _Probe, headers: dict[str, str] | None, timeout: Any) -> Any:
+    """The SDK's default HTTP client (``create_mcp_http_client``: no redirects followed, the
+    given timeouts) with a shared TLS context and our status probe."""
+    import httpx2
+
+    return httpx2.AsyncClient(
+        headers=headers or None,
+        timeout=timeout,
+        verify=_ssl_context(),
+        event_hooks={"response": [probe.on_response]},
+    )
 
 
 def _client(target: Target, timeout: float, probe: _Probe, errlog: TextIO | None) -> Any:
@@ -378,6 +394,10 @@ async def _ping(client: Any) -> float:
 
 
 async def _inspect(client: Any) -> Snapshot:
+    """The three listings run concurrently on the one connection (over HTTP, three requests
+    in flight), each following its pagination cursor."""
+    import anyio
+
     started = time.perf_counter()
     caps = client.server_capabilities
     info = client.server_info
@@ -387,30 +407,50 @@ async def _inspect(client: Any) -> Snapshot:
         protocol_version=str(client.protocol_version or ""),
         capabilities=caps.model_dump(mode="json", exclude_none=True, by_alias=True) if caps else {},
     )
-    if caps is None or caps.tools is not None:
-        tools = await client.list_tools()
+
+    async def tools() -> None:
         snapshot.tools = [
             {"name": t.name, "title": t.title or "", "description": t.description or "", "input_schema": t.input_schema or {}}
-            for t in tools.tools
+            for t in await _all_pages(client.list_tools, "tools")
         ]
-    if caps is not None and caps.resources is not None:
-        resources = await client.list_resources()
+
+    async def resources() -> None:
         snapshot.resources = [
             {"uri": str(r.uri), "name": r.name, "description": r.description or "", "mime_type": r.mime_type or ""}
-            for r in resources.resources
+            for r in await _all_pages(client.list_resources, "resources")
         ]
-    if caps is not None and caps.prompts is not None:
-        prompts = await client.list_prompts()
+
+    async def prompts() -> None:
         snapshot.prompts = [
             {
                 "name": p.name,
                 "description": p.description or "",
                 "arguments": [{"name": a.name, "required": bool(a.required)} for a in (p.arguments or [])],
             }
-            for p in prompts.prompts
+            for p in await _all_pages(client.list_prompts, "prompts")
         ]
+
+    async with anyio.create_task_group() as tg:
+        if caps is None or caps.tools is not None:
+            tg.start_soon(tools)
+        if caps is not None and caps.resources is not None:
+            tg.start_soon(resources)
+        if caps is not None and caps.prompts is not None:
+            tg.start_soon(prompts)
     snapshot.duration = time.perf_counter() - started
     return snapshot
+
+
+async def _all_pages(fetch: Callable[..., Awaitable[Any]], attribute: str) -> list[Any]:
+    items: list[Any] = []
+    cursor = None
+    for _ in range(MAX_PAGES):
+        page = await fetch(cursor=cursor)
+        items.extend(getattr(page, attribute))
+        cursor = getattr(page, "next_cursor", None)
+        if not cursor:
+            break
+    return items
 
 
 def _tool_result(result: Any, duration: float) -> ToolResult:
