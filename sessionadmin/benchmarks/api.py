@@ -4,16 +4,18 @@ Runs against a PostgreSQL database of its own (``sessionadmin_bench_api``, creat
 of the configured ``DATABASE_URL`` and dropped at the end unless ``--keep``), never the
 developer's data. Steps: migrate it; seed orgs, a token and ``--sessions`` active sessions; start
 gunicorn (``--workers``, default 4) on a free loopback port with workspaces in a temporary folder
-and a short activity resolution; then ``wrk`` runs, each bounded by ``--duration``:
+and the activity resolution of ``--resolution``; then ``wrk`` runs, each bounded by ``--duration``:
 
-1. floor: POST to a view that does nothing (routed only in this benchmark's URLconf),
+1. floor: POST to a view that does nothing (routed only in this benchmark's URLconf), and to
+   one that runs ``SELECT 1`` (the floor of any endpoint that reads the database),
 2. heartbeat: POST /api/v1/sessions/<random session>/activity,
 3. create: POST /api/v1/sessions in an org without a limit (throughput),
 4. limit: POST /api/v1/sessions in an org capped at ``--cap`` sessions (enforcement).
 
 Database writes are counted from ``pg_stat_user_tables.n_tup_upd`` of the sessions table,
 read after gunicorn has exited (a backend flushes its statistics when it disconnects), and
-compared with the bound: one write per session per resolution window.
+compared with the bound: one write per session per resolution window. Seeded sessions are
+idle, so each one's first heartbeat writes; with ``--resolution 2`` a 10 s run spans six windows.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any, cast
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.core.management.base import CommandError
+from django.db import connection
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, URLResolver, path
 from django.utils import timezone
@@ -56,10 +59,19 @@ def noop(request: HttpRequest) -> HttpResponse:
     return HttpResponse(status=204)
 
 
+@login_not_required
+@csrf_exempt
+def one_query(request: HttpRequest) -> HttpResponse:
+    """The floor of an endpoint that reads the database: one trivial round trip."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return HttpResponse(status=204)
+
+
 def _urlpatterns() -> list[URLPattern | URLResolver]:
     from sessionadmin.urls import urlpatterns as project
 
-    patterns: list[URLPattern | URLResolver] = [path("bench/noop", noop)]
+    patterns: list[URLPattern | URLResolver] = [path("bench/noop", noop), path("bench/one-query", one_query)]
     return patterns + cast(list[URLPattern | URLResolver], project)
 
 
@@ -78,6 +90,8 @@ def bench_wsgi() -> Any:
 
     django.setup()
     settings.ROOT_URLCONF = __name__
+    if os.environ.get("BENCH_CONN_HEALTH_CHECKS") == "0":  # --no-health-checks, for comparison only
+        settings.DATABASES["default"]["CONN_HEALTH_CHECKS"] = False
     from django.core.wsgi import get_wsgi_application
 
     return get_wsgi_application()
@@ -92,9 +106,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=4, help="gunicorn workers")
     parser.add_argument("--sessions", type=int, default=200, help="active sessions the heartbeats go to")
-    parser.add_argument("--resolution", type=int, default=2, help="activity resolution (seconds) for the run")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=30,
+        help="activity resolution in seconds (30, the default setting; 2 shows several windows)",
+    )
     parser.add_argument("--cap", type=int, default=50, help="max_sessions of the capped org")
     parser.add_argument("--keep", action="store_true", help=f"keep the {BENCH_DB} database afterwards")
+    parser.add_argument(
+        "--no-health-checks", action="store_true", help="serve with CONN_HEALTH_CHECKS off (one SELECT 1 less per request)"
+    )
     parser.add_argument("--seed", action="store_true", help=argparse.SUPPRESS)
 
 
@@ -128,6 +150,7 @@ def run(out: Any, **opts: Any) -> None:
             "SESSIONADMIN_VAR_DIR": str(tmp / "var"),
             "SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS": str(opts["resolution"]),
             "SESSIONADMIN_MAX_CONCURRENT": "0",
+            "BENCH_CONN_HEALTH_CHECKS": "0" if opts["no_health_checks"] else "1",
         }
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, check=True)
@@ -283,14 +306,17 @@ def measure(out: Any, opts: dict[str, Any], env: dict[str, str], data: dict[str,
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     n = len(data["sessions"])
-    out.write(f"gunicorn -w {opts['workers']} on {base}, wrk -t{opts['threads']} -c{opts['connections']} -d{opts['duration']}s, "
-              f"PostgreSQL database {BENCH_DB}, {n} sessions, activity resolution {opts['resolution']} s")  # fmt: skip
+    health = "off" if opts["no_health_checks"] else "on"
+    server = f"gunicorn -w {opts['workers']} on {base} (CONN_HEALTH_CHECKS {health})"
+    load = f"wrk -t{opts['threads']} -c{opts['connections']} -d{opts['duration']}s"
+    out.write(f"{server}, {load}, PostgreSQL database {BENCH_DB}, {n} sessions, activity resolution {opts['resolution']} s")
     results: dict[str, dict[str, Any]] = {}
     updates_before = session_updates(bench)
     proc = start_gunicorn(env, opts["workers"], port)
     started = time.monotonic()
     try:
         results["floor"] = run_wrk(wrk, opts, f"{base}/bench/noop", lua_script("noop", data), tmp)
+        results["one-query"] = run_wrk(wrk, opts, f"{base}/bench/one-query", lua_script("noop", data), tmp)
         hb_started = time.monotonic()
         results["heartbeat"] = run_wrk(wrk, opts, base, lua_script("activity", data), tmp)
         hb_elapsed = time.monotonic() - hb_started
@@ -320,6 +346,7 @@ def measure(out: Any, opts: dict[str, Any], env: dict[str, str], data: dict[str,
 
     out.write("")
     row("floor", results["floor"], "  (no-op Django view, same middleware)")
+    row("one-query", results["one-query"], "  (no-op view + SELECT 1)")
     hb = results["heartbeat"]
     row("heartbeat", hb)
     create = results["create"]
