@@ -110,7 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resolution",
         type=int,
         default=30,
-        help="activity resolution in seconds (30, the default setting; 2 shows several windows)",
+        help="activity resolution, seconds (default: the setting's default)",
     )
     parser.add_argument("--cap", type=int, default=50, help="max_sessions of the capped org")
     parser.add_argument("--keep", action="store_true", help=f"keep the {BENCH_DB} database afterwards")
