@@ -243,6 +243,8 @@ def session_list(request: HttpRequest) -> HttpResponse:
         "sort_query": _without(request, "sort", "page"),
         "headline": _headline(orgs),
         "has_orgs": bool(orgs),
+        # One reverse() for the page rather than one per row.
+        "detail_prefix": reverse("session_detail", args=[uuid.UUID(int=0)]).removesuffix(f"{uuid.UUID(int=0)}/"),
         "status_choices": STATUS_FILTERS,
         "can_operate": can_operate(request),
     }

@@ -385,17 +385,19 @@ def measure(out: Any, requests: int) -> None:
         ("detail", f"detail ({heavy} audit entries)", reverse("session_detail", args=[sample[0]]), {}, {}),
     ]
     out.write(f"{requests} timed requests per page after 5 warm-up requests; server time in-process (Django test client)")
-    out.write(f"{'page':38} {'median ms':>9} {'p95 ms':>7} {'queries':>7} {'bytes':>7}")
+    out.write(f"load average before: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    out.write(f"{'page':38} {'median ms':>9} {'p95 ms':>7} {'cpu ms':>6} {'queries':>7} {'bytes':>7}")
     failures: list[str] = []
     plans: list[tuple[str, str, str]] = []
     for kind, label, url, params, headers in cases:
         for _ in range(5):
             client.get(url, params, headers=headers)
-        times = []
+        times, cpu = [], []
         for _ in range(requests):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             response = client.get(url, params, headers=headers)
             times.append((time.perf_counter() - start) * 1000)
+            cpu.append((time.process_time() - start_cpu) * 1000)
             if response.status_code != 200:
                 raise CommandError(f"{label}: HTTP {response.status_code}")
         with CaptureQueriesContext(connection) as ctx:
@@ -403,7 +405,8 @@ def measure(out: Any, requests: int) -> None:
         median = statistics.median(times)
         p95 = statistics.quantiles(times, n=20)[-1]
         size = len(response.content)
-        out.write(f"{label:38} {median:9.1f} {p95:7.1f} {len(ctx.captured_queries):7d} {size:7d}")
+        cpu_ms = statistics.median(cpu)
+        out.write(f"{label:38} {median:9.1f} {p95:7.1f} {cpu_ms:6.1f} {len(ctx.captured_queries):7d} {size:7d}")
         if median >= TARGET_MEDIAN_MS or p95 >= TARGET_P95_MS:
             failures.append(f"{label}: median {median:.1f} ms / p95 {p95:.1f} ms")
         if len(ctx.captured_queries) > MAX_QUERIES[kind]:
@@ -427,5 +430,8 @@ def measure(out: Any, requests: int) -> None:
     out.write("")
     out.write(
         f"targets: median < {TARGET_MEDIAN_MS} ms, p95 < {TARGET_P95_MS} ms, list <= 6 and detail <= 8 queries, partial < 30 KB"
+    )
+    out.write(
+        f"load average after: {os.getloadavg()[0]:.2f} (cpu ms = this process's CPU time per request, without the database's)"
     )
     out.write("all targets met" if not failures else "MISSED: " + "; ".join(failures))

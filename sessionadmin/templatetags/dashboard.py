@@ -7,7 +7,8 @@ from datetime import datetime
 
 from django import template
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
+from django.utils.safestring import mark_safe
 
 register = template.Library()
 
@@ -27,13 +28,27 @@ def relative(value: datetime, now: datetime) -> str:
     return "just now"
 
 
+def _time_html(value: datetime) -> str:
+    # Built without format_html: both parts are made of digits, letters and spaces only, and
+    # this runs several times per row of every list poll.
+    exact = timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z")
+    return mark_safe(f'<time title="{escape(exact)}">{relative(value, timezone.now())}</time>')  # noqa: S308
+
+
 @register.simple_tag
 def reltime(value: datetime | None, empty: str = "—") -> str:
     """``<time>`` showing "3 min ago" / "in 2 h", the exact local time on hover (title)."""
     if value is None:
         return format_html('<span class="muted">{}</span>', empty)
-    exact = timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z")
-    return format_html('<time title="{}">{}</time>', exact, relative(value, timezone.now()))
+    return _time_html(value)
+
+
+@register.filter(is_safe=True)
+def ago(value: datetime | None) -> str:
+    """The filter form of ``reltime`` (cheaper than a tag in a loop of rows)."""
+    if value is None:
+        return mark_safe('<span class="muted">—</span>')
+    return _time_html(value)
 
 
 @register.simple_tag
