@@ -63,6 +63,11 @@ class Command(BaseCommand):
 
         def request_stop(signum: int, _frame: Any) -> None:
             nonlocal stopping
+            if stopping:
+                # A second Ctrl-C: no more grace.
+                for proc in procs.values():
+                    if proc.poll() is None:
+                        os.killpg(proc.pid, signal.SIGKILL)
             stopping = True
 
         signal.signal(signal.SIGINT, request_stop)
@@ -87,9 +92,13 @@ class Command(BaseCommand):
             raise SystemExit(exit_code)
 
     def _stop_all(self, procs: dict[str, subprocess.Popen[bytes]]) -> None:
+        self.stdout.write("stopping web, worker and beat (Ctrl-C again to force)...")
         for proc in procs.values():
             if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
+                # The leader only: gunicorn and the Celery worker stop their own children (a
+                # warm shutdown lets a running task finish; unacknowledged messages stay queued).
+                # A SIGTERM to the whole group would kill the pool under the worker instead.
+                proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + STOP_GRACE_SECONDS
         for name, proc in procs.items():
             try:
@@ -97,4 +106,8 @@ class Command(BaseCommand):
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            self.stdout.write(f"stopped {name}")
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # anything its children left behind
+            except ProcessLookupError:
+                pass
+            self.stdout.write(f"stopped {name} ({time.monotonic() - (deadline - STOP_GRACE_SECONDS):.1f} s)")
