@@ -184,9 +184,9 @@ def write_mcp_json(session: AgentSession) -> None:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 os.fchmod(fh.fileno(), 0o600)
+                # No fsync: the database is the record and the file is regenerated from it on
+                # every attach/detach; the rename alone makes a reader see old or new, never half.
                 fh.write(document)
-                fh.flush()
-                os.fsync(fh.fileno())
             os.replace(tmp, MCP_JSON, src_dir_fd=ws_fd, dst_dir_fd=ws_fd)
         except BaseException:
             try:
@@ -314,7 +314,7 @@ def add_client(
             ]
         )
         _rewrite_config(session)
-    SessionManager().touch(session.id)
+        SessionManager().touch(session.id)
     return client
 
 
@@ -352,7 +352,7 @@ def remove_client(session_id: uuid.UUID | str, client_id: str, *, actor: str) ->
         client.save(update_fields=["status", "closed_at"])
         audit.write([_entry("mcp_client_removed", session, actor, {"client_id": client.client_id})])
         _rewrite_config(session)
-    SessionManager().touch(session.id)
+        SessionManager().touch(session.id)
     return client
 
 

@@ -15,6 +15,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import trigger_client_event
 
 from sessionadmin import mcp_services
 from sessionadmin.manager import InvalidInput, MCPClientNotFound, SessionError, SessionNotFound
@@ -23,7 +24,7 @@ from sessionadmin.mcp_services import McpOperationFailed
 from sessionadmin.models import AgentSession, McpClient, McpServer
 from sessionadmin.roles import ADHOC_MCP_PERMISSION
 from sessionadmin.secrets import SecretsError
-from sessionadmin.views import actor_of, can_operate, get_session_for, operator_required, viewer_required
+from sessionadmin.views import CHANGED_EVENT, actor_of, can_operate, get_session_for, operator_required, viewer_required
 
 PANEL = "sessionadmin/session_mcp.html"
 
@@ -59,7 +60,8 @@ def _panel(
 
 def _after(request: HttpRequest, session: AgentSession, *, notice: str = "", error: str = "", status: int = 200) -> HttpResponse:
     if _is_htmx(request):
-        return _panel(request, session, notice=notice, error=error, status=status)
+        # The session page refreshes its live parts (timeline, facts) on this event.
+        return trigger_client_event(_panel(request, session, notice=notice, error=error, status=status), CHANGED_EVENT)
     if notice:
         messages.success(request, notice)
     if error:
@@ -157,7 +159,8 @@ def session_mcp_tool(request: HttpRequest, session_id: uuid.UUID, client_id: str
         else:
             status = 422 if _is_htmx(request) else 400
     template = "sessionadmin/session_mcp_tool.html"
-    return render(request, f"{template}#call" if _is_htmx(request) else template, context, status=status)
+    response = render(request, f"{template}#call" if _is_htmx(request) else template, context, status=status)
+    return trigger_client_event(response, CHANGED_EVENT) if request.method == "POST" and _is_htmx(request) else response
 
 
 # --- catalog ------------------------------------------------------------------------------------
