@@ -54,3 +54,12 @@ test: install services browser lint test-sqlite test-postgres test-browser
 bench: install services
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	DATABASE_URL=$(PG_URL) $(BIN)/python manage.py benchmark all
+
+# Celery on its own, one process per terminal (production runs them as separate services;
+# `make run` starts both with the web server). Only one beat may run.
+.PHONY: worker beat
+worker: install
+	$(BIN)/python -m celery -A sessionadmin worker --loglevel INFO --hostname worker@%h
+
+beat: install
+	$(BIN)/python -m celery -A sessionadmin beat --loglevel INFO --schedule var/celerybeat-schedule
