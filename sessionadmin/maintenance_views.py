@@ -29,6 +29,7 @@ def maintenance_page(request: HttpRequest) -> HttpResponse:
     for run in runs:
         run.badge = OUTCOME_BADGES.get(run.outcome, "ended")  # type: ignore[attr-defined]
         run.label = TASK_LABELS.get(run.task, run.task)  # type: ignore[attr-defined]
+        run.nonzero = {k: v for k, v in run.counts.items() if v}  # type: ignore[attr-defined]
     preview = maintenance.preview_cleanup()
     context = {
         "runs": runs,
