@@ -19,20 +19,36 @@ HEADER_SECRET = "hdr-secret-Xy7-0042"
 ENV_SECRET = "env-secret-Qw3-0099"
 
 
-class McpServicesTestCase(BaseTestCase):
-    http: RunningServer
-    sse: RunningServer
-    guarded: RunningServer
+SERVERS: dict[str, RunningServer] = {}
 
-    @classmethod
-    def setUpClass(cls) -> None:
-        super().setUpClass()
-        cls.http = RunningServer("streamable-http")
-        cls.addClassCleanup(cls.http.stop)
-        cls.sse = RunningServer("sse")
-        cls.addClassCleanup(cls.sse.stop)
-        cls.guarded = RunningServer("streamable-http", token=HEADER_SECRET)
-        cls.addClassCleanup(cls.guarded.stop)
+
+def setUpModule() -> None:
+    # One set of servers for the whole module: each start costs the SDK's import time.
+    for name, transport, token in (
+        ("http", "streamable-http", ""),
+        ("sse", "sse", ""),
+        ("guarded", "streamable-http", HEADER_SECRET),
+    ):
+        SERVERS[name] = RunningServer(transport, token=token)
+
+
+def tearDownModule() -> None:
+    for server in SERVERS.values():
+        server.stop()
+
+
+class McpServicesTestCase(BaseTestCase):
+    @property
+    def http(self) -> RunningServer:
+        return SERVERS["http"]
+
+    @property
+    def sse(self) -> RunningServer:
+        return SERVERS["sse"]
+
+    @property
+    def guarded(self) -> RunningServer:
+        return SERVERS["guarded"]
 
     def setUp(self) -> None:
         super().setUp()

@@ -36,12 +36,9 @@ class RunningServer:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+            # No graceful shutdown: uvicorn would wait for idle keep-alive and SSE streams.
+            self.proc.kill()
+            self.proc.wait(timeout=10)
         if self.proc.stdout:
             self.proc.stdout.close()
 
