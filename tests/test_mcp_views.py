@@ -258,3 +258,21 @@ class CatalogViewTests(McpViewsTestCase):
         change = self.client.get(reverse("admin:sessionadmin_mcpserver_change", args=[self.server.pk]))
         self.assertContains(change, "••••7731")
         self.assertNotContains(change, SECRET)
+
+    def test_the_admin_saves_new_secrets_encrypted_and_audited(self) -> None:
+        self.login("root")
+        response = self.client.post(
+            reverse("admin:sessionadmin_mcpserver_add"),
+            {
+                "name": "from-admin",
+                "transport": "sse",
+                "url": "http://127.0.0.1:9/sse",
+                "enabled": "on",
+                "headers_text": "X-Api-Key: admin-secret-246810",
+            },
+        )
+        self.assertRedirects(response, reverse("admin:sessionadmin_mcpserver_changelist"))
+        created = McpServer.objects.get(name="from-admin")
+        self.assertNotIn("admin-secret-246810", created.headers_encrypted)
+        self.assertEqual(mcp_services.server_headers(created), {"X-Api-Key": "admin-secret-246810"})
+        self.assertTrue(AuditEntry.objects.filter(event_type="mcp_server_created", actor="root").exists())
