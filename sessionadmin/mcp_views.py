@@ -80,7 +80,8 @@ def session_mcp_attach(request: HttpRequest, session_id: uuid.UUID) -> HttpRespo
     session = get_session_for(request, session_id, act=True)
     form = AttachForm(request.POST, allow_adhoc=request.user.has_perm(ADHOC_MCP_PERMISSION))
     if not form.is_valid():
-        return _panel(request, session, form=form, status=422 if _is_htmx(request) else 400)
+        # htmx swaps only 2xx answers: the partial with its errors comes back as 200.
+        return _panel(request, session, form=form, status=200 if _is_htmx(request) else 400)
     data = form.cleaned_data
     try:
         client = mcp_services.add_client(
@@ -157,7 +158,7 @@ def session_mcp_tool(request: HttpRequest, session_id: uuid.UUID, client_id: str
             except (McpOperationFailed, InvalidInput, SecretsError) as exc:
                 context["error"] = str(exc)
         else:
-            status = 422 if _is_htmx(request) else 400
+            status = 200 if _is_htmx(request) else 400
     template = "sessionadmin/session_mcp_tool.html"
     response = render(request, f"{template}#call" if _is_htmx(request) else template, context, status=status)
     return trigger_client_event(response, CHANGED_EVENT) if request.method == "POST" and _is_htmx(request) else response

@@ -93,8 +93,8 @@ class AttachViewTests(McpViewsTestCase):
     def test_it_offers_an_adhoc_url_only_with_the_permission(self) -> None:
         self.login("alice")
         response = self.client.post(self.attach_url, {"url": "http://127.0.0.1:9/mcp"}, headers={"HX-Request": "true"})
-        self.assertEqual(response.status_code, 422)
-        self.assertNotContains(response, 'name="url"', status_code=422)
+        self.assertContains(response, "Choose a catalog server.")
+        self.assertNotContains(response, 'name="url"')
         self.alice.user_permissions.add(Permission.objects.get(codename="attach_adhoc_mcp"))
         response = self.client.post(
             self.attach_url, {"url": "http://127.0.0.1:9/mcp", "transport": "streamable_http"}, headers={"HX-Request": "true"}
@@ -179,9 +179,8 @@ class ToolCallViewTests(McpViewsTestCase):
         self.attach()
         self.login("alice")
         response = self.client.post(self.tool_url("add"), {"arg_a": "one"}, headers={"HX-Request": "true"})
-        self.assertEqual(response.status_code, 422)
-        self.assertContains(response, "Enter a whole number.", status_code=422)
-        self.assertContains(response, "This field is required.", status_code=422)
+        self.assertContains(response, "Enter a whole number.")
+        self.assertContains(response, "This field is required.")
         bad_json = self.client.post(self.tool_url("describe"), {"arg_item": "{nope"})
         self.assertContains(bad_json, "Not valid JSON", status_code=400)
         self.assertFalse(AuditEntry.objects.filter(event_type="mcp_tool_called").exists())
