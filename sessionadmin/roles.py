@@ -30,7 +30,7 @@ def ensure_roles(**_: Any) -> None:
     perms = {p.codename: p for p in Permission.objects.filter(content_type__app_label="sessionadmin")}
     if not perms:
         return  # permissions are created by the auth app's own post_migrate, which may run later
-    viewers, _ = Group.objects.get_or_create(name=VIEWERS)
+    viewers = Group.objects.get_or_create(name=VIEWERS)[0]
     viewers.permissions.set([perms[c] for c in view if c in perms])
-    operators, _ = Group.objects.get_or_create(name=OPERATORS)
+    operators = Group.objects.get_or_create(name=OPERATORS)[0]
     operators.permissions.set([perms[c] for c in view + _OPERATOR_EXTRA if c in perms])
