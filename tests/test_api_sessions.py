@@ -3,11 +3,13 @@ from __future__ import annotations
 import json
 import uuid
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import time_machine
 
 from sessionadmin.api import MAX_BODY_BYTES
 from sessionadmin.models import AgentSession, AuditEntry
+from sessionadmin.workspaces import WorkspaceError
 from tests.api_base import ApiTestCase
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -77,6 +79,13 @@ class CreateSessionTestCase(ApiTestCase):
         r = self.api("POST", "/api/v1/sessions", {"user_id": "user-2", "org_id": "acme"})
         self.assertEqual(r.status_code, 429)
         self.assertEqual(r.json()["error"]["limit"]["scope"], "org")
+
+    def test_it_returns_503_when_the_workspace_cannot_be_created(self) -> None:
+        with mock.patch("sessionadmin.workspaces.create_workspace", side_effect=WorkspaceError("disk full")):
+            r = self.api("POST", "/api/v1/sessions", {"user_id": "user-1", "org_id": "acme"})
+        self.assertEqual((r.status_code, r.json()["error"]["code"]), (503, "workspace_unavailable"))
+        self.assertNotIn("disk full", r.content.decode())
+        self.assertFalse(AgentSession.objects.exists())
 
     def test_it_rejects_malformed_json(self) -> None:
         for raw in (b'{"user_id": ', b"\xff\xfe", b'{"user_id": NaN}', b"[" * 60000):
