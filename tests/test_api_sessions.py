@@ -131,13 +131,6 @@ class CreateSessionTestCase(ApiTestCase):
 
 
 class ListSessionsTestCase(ApiTestCase):
-    def make(self, n: int, user_id: str = "user-1", org_id: str = "acme") -> list[AgentSession]:
-        out = []
-        for i in range(n):
-            with time_machine.travel(T0 + timedelta(minutes=len(out) + i * 0), tick=False):
-                out.append(self.create(user_id, org_id))
-        return out
-
     def test_it_pages_newest_first_with_a_cursor(self) -> None:
         made = []
         for i in range(5):
