@@ -84,7 +84,9 @@ def database_from_url(url: str) -> dict[str, object]:
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
             "CONN_MAX_AGE": env_int("SESSIONADMIN_CONN_MAX_AGE", 60),
-            "CONN_HEALTH_CHECKS": True,
+            # A SELECT 1 before a reused connection's first query in each request: survives a
+            # database restart at the cost of one round trip per request.
+            "CONN_HEALTH_CHECKS": env_bool("SESSIONADMIN_CONN_HEALTH_CHECKS", True),
             "OPTIONS": options,
             "TEST": {"NAME": env_str("SESSIONADMIN_TEST_DB_NAME", "test_sessionadmin")},
         }
