@@ -22,6 +22,21 @@ from sessionadmin.manager import SessionManager
 from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceRun, Org, PromptLayer
 from sessionadmin.roles import OPERATE_PERMISSION
 
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Rows nobody edits in the admin, superusers included: they change only through the
+    service layer (or never, for the audit trail)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
 # --- Orgs, prompt layers, sessions, audit entries -------------------------------------------
 
 
@@ -71,7 +86,7 @@ class PromptLayerAdmin(admin.ModelAdmin):
 
 
 @admin.register(AgentSession)
-class AgentSessionAdmin(admin.ModelAdmin):
+class AgentSessionAdmin(ReadOnlyAdmin):
     """Read-only rows: a session's status changes only through the manager, here through the
     "Kill" action (operators only)."""
 
@@ -81,15 +96,6 @@ class AgentSessionAdmin(admin.ModelAdmin):
     search_help_text = "A user id prefix, or a session id (or its first 4+ hex digits)."
     show_full_result_count = False
     actions = ["kill_sessions"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def has_operate_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(OPERATE_PERMISSION)
@@ -167,7 +173,7 @@ class _Echo:
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdmin):
     """The append-only trail: nobody adds, changes or deletes here, superusers included."""
 
     CSV_COLUMNS = ["at", "event_type", "actor", "user_id", "org_id", "session_id", "details"]
@@ -180,15 +186,6 @@ class AuditEntryAdmin(admin.ModelAdmin):
     show_full_result_count = False
     list_per_page = 100
     actions = ["export_selected_csv"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     @admin.display(description="session", ordering="session_id")
     def session_link(self, obj: AuditEntry) -> str:
@@ -308,7 +305,7 @@ class McpServerAdmin(admin.ModelAdmin):
 
 
 @admin.register(McpClient)
-class McpClientAdmin(admin.ModelAdmin):
+class McpClientAdmin(ReadOnlyAdmin):
     """Read-only: clients are attached, refreshed and detached through the dashboard."""
 
     list_display = ["client_id", "session", "status", "transport", "server_name", "server_version", "last_verified_at"]
@@ -316,36 +313,18 @@ class McpClientAdmin(admin.ModelAdmin):
     search_fields = ["client_id", "server_name", "session__id"]
     list_select_related = ["session", "server"]
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
 
 # --- Maintenance runs -----------------------------------------------------------------------
 
 
 @admin.register(MaintenanceRun)
-class MaintenanceRunAdmin(admin.ModelAdmin):
+class MaintenanceRunAdmin(ReadOnlyAdmin):
     """Read-only: runs are written by the maintenance tasks only."""
 
     list_display = ["task", "started_at", "finished_at", "outcome", "triggered_by"]
     list_filter = ["task", "outcome"]
     date_hierarchy = "started_at"
     search_fields = ["triggered_by", "error"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 # --- API tokens -----------------------------------------------------------------------------
