@@ -287,9 +287,7 @@ class AgentSession(models.Model):
             "org_id": self.org_id,
             "workspace_path": self.workspace_path,
             "mcp_client_ids": list(
-                self.mcp_clients.exclude(status=McpClient.Status.CLOSED)
-                .order_by("client_id")
-                .values_list("client_id", flat=True)
+                self.mcp_clients.exclude(status=McpClient.Status.CLOSED).order_by("client_id").values_list("client_id", flat=True)
             ),
             "created_at": self.created_at,
             "last_active_at": self.last_active_at,
@@ -300,11 +298,7 @@ class AgentSession(models.Model):
         """When the inactivity cleanup will end this session (None if it is not active)."""
         if self.status != self.Status.ACTIVE:
             return None
-        timeout = (
-            timedelta(seconds=self.org.idle_timeout_seconds)
-            if self.org.idle_timeout_seconds
-            else default_timeout
-        )
+        timeout = timedelta(seconds=self.org.idle_timeout_seconds) if self.org.idle_timeout_seconds else default_timeout
         deadline = self.last_active_at + timeout
         if self.pinned_until and self.pinned_until > deadline:
             return self.pinned_until
@@ -384,8 +378,7 @@ class McpServer(models.Model):
         constraints = [
             models.CheckConstraint(
                 name="mcpserver_target_matches_transport",
-                condition=(Q(transport="stdio") & ~Q(command=""))
-                | (Q(transport__in=["streamable_http", "sse"]) & ~Q(url="")),
+                condition=(Q(transport="stdio") & ~Q(command="")) | (Q(transport__in=["streamable_http", "sse"]) & ~Q(url="")),
             ),
         ]
 

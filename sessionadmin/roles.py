@@ -15,10 +15,16 @@ ADHOC_MCP_PERMISSION = "sessionadmin.attach_adhoc_mcp"
 _VIEW_MODELS = ["org", "agentsession", "promptlayer", "auditentry", "mcpserver", "mcpclient", "maintenancerun", "apitoken"]
 _OPERATOR_EXTRA = [
     "operate_sessions",
-    "add_org", "change_org",
-    "add_promptlayer", "change_promptlayer", "delete_promptlayer",
-    "add_mcpserver", "change_mcpserver", "delete_mcpserver",
-    "add_apitoken", "change_apitoken",
+    "add_org",
+    "change_org",
+    "add_promptlayer",
+    "change_promptlayer",
+    "delete_promptlayer",
+    "add_mcpserver",
+    "change_mcpserver",
+    "delete_mcpserver",
+    "add_apitoken",
+    "change_apitoken",
 ]
 
 
