@@ -14,8 +14,7 @@ the run row, which the last batch to finish closes.
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,12 +22,19 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Q
 from django.utils import timezone
 
 from sessionadmin import audit, workspaces
-from sessionadmin.manager import INACTIVITY_ACTOR, CleanupResult, SessionManager, WorkspaceRemovalError, min_org_threshold
-from sessionadmin.models import AgentSession, AuditEntry, MaintenanceRun, Org, ServiceHeartbeat
+from sessionadmin.manager import (
+    INACTIVITY_ACTOR,
+    Candidate,
+    CleanupResult,
+    SessionManager,
+    WorkspaceRemovalError,
+    batched,
+    iter_idle,
+)
+from sessionadmin.models import AgentSession, AuditEntry, MaintenanceRun, ServiceHeartbeat
 
 logger = logging.getLogger(__name__)
 
@@ -105,66 +111,6 @@ def idle_threshold() -> timedelta:
     return timedelta(seconds=seconds)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    id: uuid.UUID
-    user_id: str
-    org_id: str
-    last_active_at: datetime
-    timeout: timedelta
-    timeout_source: str  # "global" or "org"
-    pinned_until: datetime | None = None
-
-    def cutoff(self, now: datetime) -> datetime:
-        return now - self.timeout
-
-
-def org_timeouts() -> dict[str, timedelta]:
-    return {
-        org_id: timedelta(seconds=seconds)
-        for org_id, seconds in Org.objects.filter(idle_timeout_seconds__isnull=False).values_list("id", "idle_timeout_seconds")
-        if seconds
-    }
-
-
-def iter_idle(threshold: timedelta, *, now: datetime, chunk: int = 1000, include_pinned: bool = False) -> Iterator[Candidate]:
-    """Active sessions idle longer than their org's timeout (or ``threshold``), oldest first.
-
-    The same rule as ``SessionManager.idle_candidates``, walked by keyset on
-    (last_active_at, id) with only the columns it needs, so that the loop can mark rows as it
-    goes and memory stays flat. With ``include_pinned``, pinned sessions come too (preview)."""
-    overrides = org_timeouts()
-    sessions = AgentSession.objects.active().filter(last_active_at__lt=now - min_org_threshold(threshold))
-    if not include_pinned:
-        sessions = sessions.not_pinned(now)
-    qs = sessions.order_by("last_active_at", "id").values_list("id", "user_id", "org_id", "last_active_at", "pinned_until")
-    after: tuple[datetime, uuid.UUID] | None = None
-    while True:
-        page = qs
-        if after is not None:
-            page = qs.filter(Q(last_active_at__gt=after[0]) | Q(last_active_at=after[0], id__gt=after[1]))
-        rows: list[tuple[uuid.UUID, str, str, datetime, datetime | None]] = list(page[:chunk])
-        for sid, user_id, org_id, last_active_at, pinned_until in rows:
-            timeout = overrides.get(org_id, threshold)
-            if last_active_at < now - timeout:
-                source = "org" if org_id in overrides else "global"
-                yield Candidate(sid, user_id, org_id, last_active_at, timeout, source, pinned_until)
-        if len(rows) < chunk:
-            return
-        after = (rows[-1][3], rows[-1][0])
-
-
-def _batches(items: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:
-    batch: list[Candidate] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def run_inactivity_cleanup(
     *,
     triggered_by: str = "beat",
@@ -184,7 +130,7 @@ def run_inactivity_cleanup(
     marked_ids: list[str] = []
     marked = batches = 0
     try:
-        for batch in _batches(iter_idle(threshold, now=now, chunk=max(batch_size, 100)), batch_size):
+        for batch in batched(iter_idle(threshold, now=now, chunk=max(batch_size, 100)), batch_size):
             cutoffs = {c.id: c.cutoff(now) for c in batch}
             rows = manager.begin_cleanups(list(cutoffs), actor=INACTIVITY_ACTOR, reason="idle", idle_cutoffs=cutoffs)
             if not rows:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,7 +19,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from sessionadmin import audit, workspaces
@@ -509,27 +509,6 @@ class SessionManager:
                 )
             )
 
-    def idle_candidates(
-        self, threshold: timedelta, *, now: datetime | None = None, limit: int | None = None
-    ) -> list[AgentSession]:
-        """Active, unpinned sessions idle longer than their org's timeout (or ``threshold``),
-        oldest activity first."""
-        now = now or timezone.now()
-        qs = (
-            AgentSession.objects.active()
-            .not_pinned(now)
-            .select_related("org")
-            .filter(last_active_at__lt=now - min_org_threshold(threshold))
-            .order_by("last_active_at")
-        )
-        out: list[AgentSession] = []
-        for session in qs.iterator(chunk_size=2000):
-            if session.last_active_at < now - self.idle_timeout_of(session, threshold):
-                out.append(session)
-                if limit and len(out) >= limit:
-                    break
-        return out
-
     def cleanup_inactive_sessions(
         self, threshold: timedelta, *, now: datetime | None = None, actor: str = INACTIVITY_ACTOR, batch_size: int | None = None
     ) -> list[str]:
@@ -537,19 +516,72 @@ class SessionManager:
         it; pinned sessions are skipped). Returns the ids that were ended."""
         now = now or timezone.now()
         batch_size = batch_size or settings.SESSIONADMIN_CLEANUP_BATCH_SIZE
-        candidates = self.idle_candidates(threshold, now=now)
         ended: list[str] = []
-        for start in range(0, len(candidates), batch_size):
-            batch = candidates[start : start + batch_size]
-            cutoffs = {s.id: now - self.idle_timeout_of(s, threshold) for s in batch}
+        for batch in batched(iter_idle(threshold, now=now, chunk=max(batch_size, 100)), batch_size):
+            cutoffs = {c.id: c.cutoff(now) for c in batch}
             marked = self.begin_cleanups(list(cutoffs), actor=actor, reason="idle", idle_cutoffs=cutoffs)
             ended += self.finish_cleanups([s.id for s in marked], actor=actor).ended
         return ended
 
-    @staticmethod
-    def idle_timeout_of(session: AgentSession, default: timedelta) -> timedelta:
-        seconds = session.org.idle_timeout_seconds
-        return timedelta(seconds=seconds) if seconds else default
+
+@dataclass(frozen=True)
+class Candidate:
+    id: uuid.UUID
+    user_id: str
+    org_id: str
+    last_active_at: datetime
+    timeout: timedelta
+    timeout_source: str  # "global" or "org"
+    pinned_until: datetime | None = None
+
+    def cutoff(self, now: datetime) -> datetime:
+        return now - self.timeout
+
+
+def org_timeouts() -> dict[str, timedelta]:
+    return {
+        org_id: timedelta(seconds=seconds)
+        for org_id, seconds in Org.objects.filter(idle_timeout_seconds__isnull=False).values_list("id", "idle_timeout_seconds")
+        if seconds
+    }
+
+
+def iter_idle(threshold: timedelta, *, now: datetime, chunk: int = 1000, include_pinned: bool = False) -> Iterator[Candidate]:
+    """Active sessions idle longer than their org's timeout (or ``threshold``), oldest first.
+
+    Walked by keyset on (last_active_at, id) with only the columns it needs, so that callers
+    can mark rows as they go and memory stays flat whatever the number of sessions. With
+    ``include_pinned``, pinned sessions come too (the preview shows them)."""
+    overrides = org_timeouts()
+    sessions = AgentSession.objects.active().filter(last_active_at__lt=now - min_org_threshold(threshold))
+    if not include_pinned:
+        sessions = sessions.not_pinned(now)
+    qs = sessions.order_by("last_active_at", "id").values_list("id", "user_id", "org_id", "last_active_at", "pinned_until")
+    after: tuple[datetime, uuid.UUID] | None = None
+    while True:
+        page = qs
+        if after is not None:
+            page = qs.filter(Q(last_active_at__gt=after[0]) | Q(last_active_at=after[0], id__gt=after[1]))
+        rows: list[tuple[uuid.UUID, str, str, datetime, datetime | None]] = list(page[:chunk])
+        for sid, user_id, org_id, last_active_at, pinned_until in rows:
+            timeout = overrides.get(org_id, threshold)
+            if last_active_at < now - timeout:
+                source = "org" if org_id in overrides else "global"
+                yield Candidate(sid, user_id, org_id, last_active_at, timeout, source, pinned_until)
+        if len(rows) < chunk:
+            return
+        after = (rows[-1][3], rows[-1][0])
+
+
+def batched(items: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:
+    batch: list[Candidate] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 _ORG_COLUMNS = ("id", "name", "prompt", "max_sessions", "max_sessions_per_user", "idle_timeout_seconds", "created_at")
