@@ -48,14 +48,6 @@ def redis_url() -> str | None:
     return url if url and connection.vendor == "postgresql" else None
 
 
-def database_url() -> str:
-    s = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{Path(str(s['NAME'])).resolve()}"
-    auth = s["USER"] + (f":{s['PASSWORD']}" if s["PASSWORD"] else "")
-    return f"postgres://{auth}@{s['HOST'] or '127.0.0.1'}:{s['PORT'] or 5432}/{s['NAME']}"
-
-
 def use_broker(*, url: str, options: dict[str, Any], queue: str) -> Callable[[], None]:
     """Point this process's Celery app at a broker and queue; returns the undo."""
     from sessionadmin.celery import app
@@ -115,6 +107,9 @@ class CeleryWorker:
                 (broker / folder).mkdir(parents=True, exist_ok=True)
 
     def env(self) -> dict[str, str]:
+        # Imported here: this module is also the worker's entry point, before Django is set up.
+        from tests.base import database_url
+
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "PYTEST", "SESSIONADMIN_"))}
         env.update(
             DJANGO_SETTINGS_MODULE="sessionadmin.settings",
