@@ -214,22 +214,27 @@ class SessionManager:
                 raise error(f"{label}: {problem}")
 
     def _lock_for_create(self, user_id: str, org_id: str) -> Org:
-        """Take the locks that make count-then-insert atomic, and check every limit.
+        """Take the locks that make check-then-insert atomic, and check every limit.
 
-        PostgreSQL: the global lock row (only while a global limit is set), then the org row, in
-        that order everywhere, so concurrent creators queue instead of deadlocking. SQLite: the
-        IMMEDIATE transaction already holds the database write lock. The counts run as their
-        own statement *after* the lock is held: in READ COMMITTED a count inside the locking
-        statement would use the snapshot taken before the wait, and could be stale.
+        Locks, in this order for every create whatever the settings (so creators queue and never
+        deadlock): the global row, which also holds the trigger-maintained number of active
+        sessions, then the org row. On SQLite the IMMEDIATE transaction holds the database write
+        lock anyway. The org and per-user counts run as their own statement *after* the locks
+        are held: in READ COMMITTED a count inside the locking statement would use the snapshot
+        taken before the wait, and could be stale. Each count stops at its limit.
         """
-        if self.max_concurrent:
-            self._lock_global_row()
+        active_total = self._lock_global_row()
         org = _select_org_for_update(org_id)
         if org is None:
             raise InvalidOrgID(f"invalid org ID: unknown org {org_id!r}")
-        user_message = f"user {user_id!r} has reached the per-user limit of org {org.id!r}"
+        if self.max_concurrent and active_total >= self.max_concurrent:
+            raise MaxSessionsReached(
+                f"maximum concurrent sessions reached ({active_total}/{self.max_concurrent})",
+                limit="global",
+                current=active_total,
+                maximum=self.max_concurrent,
+            )
         limits: list[tuple[str, int | None, str, list[Any], str]] = [
-            ("global", self.max_concurrent, "", [], "maximum concurrent sessions reached"),
             (
                 "org",
                 org.max_sessions,
@@ -237,7 +242,13 @@ class SessionManager:
                 [org_id],
                 f"org {org.id!r} has reached its limit of concurrent sessions",
             ),
-            ("user", org.max_sessions_per_user, "AND org_id = %s AND user_id = %s", [org_id, user_id], user_message),
+            (
+                "user",
+                org.max_sessions_per_user,
+                "AND org_id = %s AND user_id = %s",
+                [org_id, user_id],
+                f"user {user_id!r} has reached the per-user limit of org {org.id!r}",
+            ),
         ]
         checked = [(name, maximum, where, params, msg) for name, maximum, where, params, msg in limits if maximum]
         if not checked:
@@ -249,11 +260,14 @@ class SessionManager:
         return org
 
     @staticmethod
-    def _lock_global_row() -> None:
-        if not list(LimitLock.objects.select_for_update().filter(pk=1)):
-            # The row is normally created by the migration; a flushed test database lacks it.
-            LimitLock.objects.bulk_create([LimitLock(pk=1)], ignore_conflicts=True)
-            list(LimitLock.objects.select_for_update().filter(pk=1))
+    def _lock_global_row() -> int:
+        """Lock the global row and return the number of active sessions it holds."""
+        counts = list(LimitLock.objects.select_for_update().filter(pk=1).values_list("active_sessions", flat=True))
+        if not counts:
+            # Created by the migration; a database flushed by the test runner lacks it.
+            ensure_limit_row()
+            counts = list(LimitLock.objects.select_for_update().filter(pk=1).values_list("active_sessions", flat=True))
+        return counts[0]
 
     def _compose(self, user_id: str, org: Org, session_id: uuid.UUID, variables: dict[str, str]) -> tuple[ComposedPrompt, str]:
         """The composed prompt and, if composition failed, why (the session is still created)."""
@@ -582,6 +596,11 @@ def batched(items: Iterator[Candidate], size: int) -> Iterator[list[Candidate]]:
             batch = []
     if batch:
         yield batch
+
+
+def ensure_limit_row() -> None:
+    """Create the global row with the exact number of active sessions, if it is missing."""
+    LimitLock.objects.bulk_create([LimitLock(pk=1, active_sessions=AgentSession.objects.active().count())], ignore_conflicts=True)
 
 
 _ORG_COLUMNS = ("id", "name", "prompt", "max_sessions", "max_sessions_per_user", "idle_timeout_seconds", "created_at")

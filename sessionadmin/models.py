@@ -44,10 +44,14 @@ class Org(models.Model):
 
 
 class LimitLock(models.Model):
-    """A single row locked (``SELECT ... FOR UPDATE``) by every session create while a global
-    limit is set, so that count-then-insert cannot race across processes on PostgreSQL."""
+    """A single row locked (``SELECT ... FOR UPDATE``) by every session create, so that
+    check-then-insert cannot race across processes, and which holds the number of active
+    sessions. Database triggers (migration 0005) keep ``active_sessions`` exact on every
+    insert, status change and delete of a session row, whatever code path writes it, so the
+    global limit check is O(1) instead of a count over every active session."""
 
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    active_sessions = models.IntegerField(default=0)
 
     def __str__(self) -> str:
         return "global limit lock"

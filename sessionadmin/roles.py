@@ -29,9 +29,9 @@ _OPERATOR_EXTRA = [
 
 
 def ensure_roles(**_: Any) -> None:
-    from sessionadmin.models import LimitLock
+    from sessionadmin.manager import ensure_limit_row
 
-    LimitLock.objects.get_or_create(pk=1)
+    ensure_limit_row()
     view = [f"view_{m}" for m in _VIEW_MODELS]
     perms = {p.codename: p for p in Permission.objects.filter(content_type__app_label="sessionadmin")}
     if not perms:

@@ -25,7 +25,7 @@ from sessionadmin.manager import (
     WorkspaceCreationError,
     WorkspaceRemovalError,
 )
-from sessionadmin.models import AgentSession, AuditEntry, Org, PromptLayer
+from sessionadmin.models import AgentSession, AuditEntry, LimitLock, Org, PromptLayer
 from tests.base import BaseTestCase
 
 
@@ -440,3 +440,42 @@ class AuditEntryTestCase(TestCase):
         with self.assertRaises(PermissionError):
             entry.delete()
         self.assertEqual(AuditEntry.objects.get().actor, "x")
+
+
+class ActiveCounterTestCase(BaseTestCase):
+    """The global row's active_sessions is kept exact by database triggers, whatever writes the
+    session rows."""
+
+    def counter(self) -> int:
+        return LimitLock.objects.get(pk=1).active_sessions
+
+    def test_it_counts_creates_cleanups_and_direct_writes(self) -> None:
+        manager = self.manager()
+        first = manager.create_session("user-1", "acme")
+        manager.create_session("user-2", "acme")
+        self.assertEqual(self.counter(), 2)
+        manager.cleanup_session(first.id)
+        self.assertEqual(self.counter(), 1)
+        # Writes that bypass the manager (bulk loads, the admin, a DBA) are counted too.
+        now = timezone.now()
+        AgentSession.objects.bulk_create(
+            [AgentSession(user_id=f"bulk-{i}", org_id="acme", workspace_path="/x") for i in range(3)]
+            + [
+                AgentSession(user_id=f"old-{i}", org_id="acme", workspace_path="/x", status="ended", ended_at=now)
+                for i in range(2)
+            ]
+        )
+        self.assertEqual(self.counter(), 4)
+        AgentSession.objects.filter(user_id__startswith="bulk-", status="active").update(status="terminating")
+        self.assertEqual(self.counter(), 1)
+        AgentSession.objects.filter(user_id="user-2").delete()
+        self.assertEqual(self.counter(), 0)
+        self.assertEqual(self.counter(), AgentSession.objects.active().count())
+
+    def test_it_enforces_the_global_limit_from_the_counter(self) -> None:
+        AgentSession.objects.bulk_create(
+            [AgentSession(user_id=f"bulk-{i}", org_id="globex", workspace_path="/x") for i in range(3)]
+        )
+        with self.assertRaises(MaxSessionsReached) as ctx:
+            self.manager(max_concurrent=3).create_session("user-1", "acme")
+        self.assertEqual((ctx.exception.limit, ctx.exception.current), ("global", 3))
