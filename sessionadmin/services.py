@@ -6,13 +6,13 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from django.db.models import BooleanField, Count, ExpressionWrapper, OuterRef, Q, QuerySet, Subquery
+from django.db.models import BooleanField, Case, Count, ExpressionWrapper, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from sessionadmin import audit
 from sessionadmin.manager import InvalidInput, InvalidOrgID
-from sessionadmin.models import AgentSession, Org, PromptLayer
+from sessionadmin.models import AgentSession, LimitLock, Org, PromptLayer
 from sessionadmin.prompts import MAX_PROMPT_LENGTH, sha256
 from sessionadmin.validation import id_problem
 
@@ -124,15 +124,21 @@ def delete_prompt_layer(*, layer: PromptLayer, actor: str) -> None:
 # --- dashboard reads that span several tables ----------------------------------------------
 
 
-def orgs_with_usage() -> QuerySet[Org]:
-    """Every org annotated with ``active`` (its number of active sessions) and ``has_prompt``,
-    in one query: a correlated count per org served by session_org_status_user_idx (an
-    index-only range per org)."""
+def orgs_with_usage(*, limited_only: bool = False) -> QuerySet[Org]:
+    """Every org annotated with ``active`` (its number of active sessions), ``has_prompt`` and
+    ``total_active`` (all active sessions, from the trigger-kept global counter), in one
+    query: a correlated count per org served by session_org_status_user_idx (an index-only
+    range per org). With ``limited_only`` the count runs only for orgs that have a session
+    limit (the dashboard headline, read on every poll); the others show 0."""
     active = (
         AgentSession.objects.active().filter(org_id=OuterRef("pk")).order_by().values("org_id").annotate(n=Count("*")).values("n")
     )
+    count: Any = Coalesce(Subquery(active), 0)
+    if limited_only:
+        count = Case(When(max_sessions__isnull=False, then=count), default=Value(0))
     has_prompt = ExpressionWrapper(~Q(prompt=""), output_field=BooleanField())
-    return Org.objects.defer("prompt").annotate(active=Coalesce(Subquery(active), 0), has_prompt=has_prompt).order_by("id")
+    total = Coalesce(Subquery(LimitLock.objects.filter(pk=1).values("active_sessions")[:1]), 0)
+    return Org.objects.defer("prompt").annotate(active=count, has_prompt=has_prompt, total_active=total).order_by("id")
 
 
 def org_usage() -> list[Org]:

@@ -184,11 +184,12 @@ class OrgUsage(NamedTuple):
     id: str
     name: str
     max_sessions: int | None
-    active: int
+    active: int  # counted only for orgs with a limit
+    total_active: int  # all active sessions (the same on every row)
 
 
 def _headline(orgs: list[OrgUsage]) -> dict[str, Any]:
-    active = sum(o.active for o in orgs)
+    active = orgs[0].total_active if orgs else 0
     limit = settings.SESSIONADMIN_MAX_CONCURRENT
     limited = sorted((o for o in orgs if o.max_sessions), key=lambda o: (-o.active / (o.max_sessions or 1), o.id))
     return {
@@ -227,7 +228,9 @@ def session_list(request: HttpRequest) -> HttpResponse:
     rows = _page_of_sessions(filters, start, PER_PAGE + 1)
     has_next = len(rows) > PER_PAGE
     # Tuples, not model instances: hundreds of orgs are read on every poll.
-    usage = services.orgs_with_usage().values_list("id", "name", "max_sessions", "active")  # type: ignore[misc]
+    usage = services.orgs_with_usage(limited_only=True).values_list(  # type: ignore[misc]
+        "id", "name", "max_sessions", "active", "total_active"
+    )
     orgs = [OrgUsage(*row) for row in usage]
     polling = _htmx_target(request) == "session-live"
     query = request.GET.copy()

@@ -3,7 +3,9 @@ status badges."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 from django import template
 from django.utils import timezone
@@ -28,11 +30,11 @@ def relative(value: datetime, now: datetime) -> str:
     return "just now"
 
 
-def _time_html(value: datetime) -> str:
+def _time_html(value: datetime, now: datetime | None = None) -> str:
     # Built without format_html: both parts are made of digits, letters and spaces only, and
     # this runs several times per row of every list poll.
     exact = timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S %Z")
-    return mark_safe(f'<time title="{escape(exact)}">{relative(value, timezone.now())}</time>')  # noqa: S308
+    return mark_safe(f'<time title="{escape(exact)}">{relative(value, now or timezone.now())}</time>')  # noqa: S308
 
 
 @register.simple_tag
@@ -87,3 +89,32 @@ def duration(seconds: int | None) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size} {unit}"
     return f"{seconds} s"
+
+
+@register.simple_tag
+def session_rows(sessions: Iterable[Any], can_operate: bool, detail_prefix: str) -> str:
+    """The ``<tr>`` rows of the session list. Built in Python rather than with a template loop:
+    the same markup at a fraction of the cost, and it runs on every poll of every open
+    dashboard. Every value from the database is escaped."""
+    now = timezone.now()
+    rows = []
+    for s in sessions:
+        check = ""
+        if can_operate:
+            box = f'<input type="checkbox" name="ids" value="{s.id}" aria-label="select">' if s.status == "active" else ""
+            check = f"<td>{box}</td>"
+        if s.pinned:
+            cleanup = f'<span class="pin">pinned until {_time_html(s.pinned_until, now)}</span>'
+        elif s.deadline:
+            cleanup = _time_html(s.deadline, now)
+        else:
+            cleanup = "—"
+        status = escape(s.status)
+        rows.append(
+            f'<tr>{check}<td><a href="{escape(detail_prefix)}{s.id}/">{s.short_id}</a></td>'
+            f"<td>{escape(s.user_id)}</td><td>{escape(s.org_id)}</td>"
+            f'<td><span class="badge badge-{status}">{status}</span></td>'
+            f"<td>{_time_html(s.created_at, now)}</td><td>{_time_html(s.last_active_at, now)}</td>"
+            f"<td>{cleanup}</td><td>{int(s.mcp_count)}</td></tr>"
+        )
+    return mark_safe("\n".join(rows))  # noqa: S308
