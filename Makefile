@@ -51,9 +51,15 @@ test-browser: install browser
 
 test: install services browser lint test-sqlite test-postgres test-browser
 
+# Every benchmark on PostgreSQL. Those that need a seeded database create and drop their own;
+# the others run against sessionadmin_bench_main (created and migrated here) with throwaway rows.
+PG_BENCH_URL ?= postgres://postgres@127.0.0.1:5432/sessionadmin_bench_main
 bench: install services
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-	DATABASE_URL=$(PG_URL) $(BIN)/python manage.py benchmark all
+	@psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'sessionadmin_bench_main'" | grep -q 1 \
+		|| psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE sessionadmin_bench_main"
+	DATABASE_URL=$(PG_BENCH_URL) $(BIN)/python manage.py migrate -v0
+	DATABASE_URL=$(PG_BENCH_URL) $(BIN)/python manage.py benchmark all
 
 # Celery on its own, one process per terminal (production runs them as separate services;
 # `make run` starts both with the web server). Only one beat may run.
