@@ -45,6 +45,7 @@ from sessionadmin.manager import (
     WorkspaceCreationError,
 )
 from sessionadmin.models import AgentSession, AgentSessionQuerySet, ApiToken
+from sessionadmin.secrets import SecretsError
 from sessionadmin.validation import id_problem, variables_problem
 
 logger = logging.getLogger(__name__)
@@ -460,7 +461,10 @@ def session_mcp_config(request: HttpRequest, token: ApiToken, session_id: str) -
     from sessionadmin import mcp_services
 
     session = get_visible_session(token, session_id)
-    config = mcp_services.mcp_config_for(session, include_secrets=token.can_read_secrets)
+    try:
+        config = mcp_services.mcp_config_for(session, include_secrets=token.can_read_secrets)
+    except SecretsError as exc:
+        raise ApiError(503, "secrets_unreadable", str(exc)) from exc
     # May carry secrets: never cached by anything between us and the runtime.
     return JsonResponse(config, headers={"Cache-Control": "no-store"})
 

@@ -191,7 +191,7 @@ class OrgForm(DashboardForm):
     max_sessions = forms.IntegerField(required=False, min_value=1, max_value=10**9, label="Max sessions")
     max_sessions_per_user = forms.IntegerField(required=False, min_value=1, max_value=10**9, label="Max per user")
     idle_timeout_seconds = forms.IntegerField(
-        required=False, min_value=1, max_value=10**9, label="Idle timeout (s)", help_text="Empty = the global default."
+        required=False, min_value=60, max_value=10**9, label="Idle timeout (s)", help_text="Empty = the global default."
     )
     prompt = forms.CharField(
         required=False, strip=False, max_length=MAX_PROMPT_LENGTH, widget=forms.Textarea(attrs={"rows": 6}), label="Org prompt"

@@ -94,6 +94,9 @@ def recent_runs(limit: int = 30) -> list[MaintenanceRun]:
 # --- inactivity cleanup -----------------------------------------------------------------------
 
 
+MIN_IDLE_TIMEOUT_SECONDS = 60
+
+
 def idle_threshold() -> timedelta:
     """The global idle timeout: the periodic task's ``idle_timeout_seconds`` kwarg when an
     operator set one in the admin, else SESSIONADMIN_IDLE_TIMEOUT_SECONDS."""
@@ -105,9 +108,12 @@ def idle_threshold() -> timedelta:
         import json
 
         try:
-            seconds = int(json.loads(kwargs_text).get("idle_timeout_seconds") or seconds)
+            configured = int(json.loads(kwargs_text).get("idle_timeout_seconds") or seconds)
+            if configured < MIN_IDLE_TIMEOUT_SECONDS:
+                raise ValueError(configured)
+            seconds = configured
         except (ValueError, TypeError, AttributeError):
-            logger.warning("ignoring malformed kwargs of %r", INACTIVITY_PERIODIC_TASK)
+            logger.warning("ignoring malformed idle_timeout_seconds in the kwargs of %r", INACTIVITY_PERIODIC_TASK)
     return timedelta(seconds=seconds)
 
 
@@ -123,6 +129,9 @@ def run_inactivity_cleanup(
     ``idle``). Each batch is marked terminating here; its workspaces are removed by one
     ``remove_workspaces`` task per batch, or right here with ``inline`` (the management command)."""
     now = now or timezone.now()
+    if idle_timeout_seconds is not None and idle_timeout_seconds < MIN_IDLE_TIMEOUT_SECONDS:
+        # A zero or negative threshold would put the cutoff in the future and end every session.
+        raise ValueError(f"idle_timeout_seconds must be at least {MIN_IDLE_TIMEOUT_SECONDS}, got {idle_timeout_seconds}")
     threshold = timedelta(seconds=idle_timeout_seconds) if idle_timeout_seconds else idle_threshold()
     batch_size = batch_size or settings.SESSIONADMIN_CLEANUP_BATCH_SIZE
     run = start_run(INACTIVITY_CLEANUP, triggered_by=triggered_by, now=now)
@@ -405,9 +414,22 @@ def reconcile(*, triggered_by: str = "beat", now: datetime | None = None, root: 
     # Terminating sessions (with or without a directory) get their removal enqueued again.
     counts["removals_requeued"] = requeue_stuck_removals(reason="reconciliation")
     counts["runs_closed"] = close_abandoned_runs(now=now)
+    audit_entries: list[AuditEntry] = []
+    if report["orphans_removed"]:
+        # Deleting directories is destructive: the trail says which ones (at most 1,000 named).
+        removed = report["orphans_removed"]
+        audit_entries.append(
+            audit.entry(
+                "orphan_workspaces_removed", actor=RECONCILE_ACTOR, details={"count": len(removed), "paths": removed[:1000]}
+            )
+        )
     if counts["removals_requeued"]:
+        audit_entries.append(
+            audit.entry("removals_requeued", actor=RECONCILE_ACTOR, details={"count": counts["removals_requeued"]})
+        )
+    if audit_entries:
         with transaction.atomic():
-            audit.write([audit.entry("removals_requeued", actor=RECONCILE_ACTOR, details={"count": counts["removals_requeued"]})])
+            audit.write(audit_entries)
     finish_run(
         run,
         counts=counts,

@@ -436,9 +436,18 @@ class SessionManager:
         now = timezone.now()
         with transaction.atomic():
             qs = AgentSession.objects.active().filter(pk__in=list(session_ids))
-            rows = list(qs.select_for_update(skip_locked=True).only("id", "user_id", "org_id", "status", "last_active_at"))
+            rows = list(
+                qs.select_for_update(skip_locked=True).only("id", "user_id", "org_id", "status", "last_active_at", "pinned_until")
+            )
             if idle_cutoffs is not None:
-                rows = [r for r in rows if r.id in idle_cutoffs and r.last_active_at < idle_cutoffs[r.id]]
+                # Re-checked under the lock: touched or pinned since it was selected means kept.
+                rows = [
+                    r
+                    for r in rows
+                    if r.id in idle_cutoffs
+                    and r.last_active_at < idle_cutoffs[r.id]
+                    and not (r.pinned_until and r.pinned_until > now)
+                ]
             if not rows:
                 return []
             AgentSession.objects.filter(pk__in=[r.id for r in rows], status=AgentSession.Status.ACTIVE).update(

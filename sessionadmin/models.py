@@ -11,6 +11,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
@@ -26,18 +27,37 @@ class Org(models.Model):
     # The org's own prompt, composed after the global layers and before the org's extra layers.
     prompt = models.TextField(blank=True, max_length=64 * 1024)
     max_sessions = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Concurrent active sessions in this org; empty = no limit."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Concurrent active sessions in this org; empty = no limit.",
     )
     max_sessions_per_user = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Concurrent active sessions per user in this org; empty = no limit."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Concurrent active sessions per user in this org; empty = no limit.",
     )
     idle_timeout_seconds = models.PositiveIntegerField(
-        null=True, blank=True, help_text="Overrides the global idle timeout; empty = global default."
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(60)],
+        help_text="Overrides the global idle timeout; empty = global default.",
     )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         ordering = ["id"]
+        constraints = [
+            # 0 would mean "no session at all" for a limit and "end at once" for a timeout;
+            # "no limit" is NULL.
+            models.CheckConstraint(
+                name="org_limits_positive",
+                condition=(Q(max_sessions__isnull=True) | Q(max_sessions__gte=1))
+                & (Q(max_sessions_per_user__isnull=True) | Q(max_sessions_per_user__gte=1))
+                & (Q(idle_timeout_seconds__isnull=True) | Q(idle_timeout_seconds__gte=60)),
+            ),
+        ]
 
     def __str__(self) -> str:
         return self.id

@@ -19,8 +19,9 @@ from django.conf import settings
 MASK = "••••"
 
 
-class SecretsError(Exception):
-    pass
+class SecretsError(ValueError):
+    """Stored secrets cannot be read. A ValueError, so every caller that handles malformed
+    stored data (the health pass, forms) handles this too instead of failing with a 500."""
 
 
 def _fernet_key(raw: str) -> bytes:

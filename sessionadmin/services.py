@@ -27,8 +27,9 @@ def _check_org_fields(name: str | None, prompt: str | None, limits: dict[str, in
     for field, value in limits.items():
         if field not in ORG_LIMIT_FIELDS:
             raise InvalidInput(f"unknown org setting {field!r}")
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1 or value > 10**9):
-            raise InvalidInput(f"{field} must be a positive whole number or empty")
+        minimum = 60 if field == "idle_timeout_seconds" else 1
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum or value > 10**9):
+            raise InvalidInput(f"{field} must be a whole number of at least {minimum}, or empty")
 
 
 @transaction.atomic

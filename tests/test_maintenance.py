@@ -178,6 +178,17 @@ class ReconcileTestCase(MaintenanceTestCase):
         ])  # fmt: skip
         self.assertEqual(len(callbacks), 1)  # the stuck removal, enqueued again
         self.assertEqual(self.status(live), "active")
+        removed = AuditEntry.objects.get(event_type="orphan_workspaces_removed")
+        self.assertEqual(removed.details, {"count": 1, "paths": ["user-9/0b6f5a6e-1111-4222-8333-444455556666"]})
+
+
+class IdleThresholdGuardTestCase(MaintenanceTestCase):
+    def test_it_refuses_a_threshold_that_would_end_every_session(self) -> None:
+        session = self.manager().create_session("user-1", "acme")
+        for seconds in (-3600, 0, 59):
+            with self.subTest(seconds=seconds), self.assertRaisesMessage(ValueError, "at least 60"):
+                maintenance.run_inactivity_cleanup(idle_timeout_seconds=seconds, inline=True)
+        self.assertEqual(self.status(session), "active")
 
 
 class PurgeTestCase(MaintenanceTestCase):

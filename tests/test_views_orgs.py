@@ -101,7 +101,7 @@ class OrgEditTestCase(BaseTestCase):
         self.client.force_login(self.alice)
         r = self.client.post(self.url, {"name": "", "idle_timeout_seconds": "-5"})
         self.assertFormError(r.context["org_form"], "name", "This field is required.")
-        self.assertFormError(r.context["org_form"], "idle_timeout_seconds", "Ensure this value is greater than or equal to 1.")
+        self.assertFormError(r.context["org_form"], "idle_timeout_seconds", "Ensure this value is greater than or equal to 60.")
 
     def test_it_is_404_for_unknown_orgs_and_403_for_viewers(self) -> None:
         self.client.force_login(self.alice)

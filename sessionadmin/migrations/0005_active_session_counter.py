@@ -12,11 +12,10 @@ POSTGRES_UP = f"""
 CREATE OR REPLACE FUNCTION sessionadmin_active_delta() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE delta integer := 0;
 BEGIN
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        SELECT delta + count(*) INTO delta FROM new_rows WHERE status = 'active';
-    END IF;
-    IF TG_OP IN ('DELETE', 'UPDATE') THEN
-        SELECT delta - count(*) INTO delta FROM old_rows WHERE status = 'active';
+    IF TG_OP = 'INSERT' THEN
+        SELECT count(*) INTO delta FROM new_rows WHERE status = 'active';
+    ELSE
+        SELECT -count(*) INTO delta FROM old_rows WHERE status = 'active';
     END IF;
     IF delta <> 0 THEN
         UPDATE {L} SET active_sessions = active_sessions + delta WHERE id = 1;
@@ -25,8 +24,16 @@ BEGIN
 END $$;
 CREATE TRIGGER sessionadmin_active_ins AFTER INSERT ON {S}
     REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sessionadmin_active_delta();
-CREATE TRIGGER sessionadmin_active_upd AFTER UPDATE ON {S}
-    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION sessionadmin_active_delta();
+-- Row-level and only when a row enters or leaves 'active': the heartbeat's UPDATE of
+-- last_active_at (the hottest write) does not fire it at all.
+CREATE OR REPLACE FUNCTION sessionadmin_active_row_delta() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE {L} SET active_sessions = active_sessions + CASE WHEN NEW.status = 'active' THEN 1 ELSE -1 END WHERE id = 1;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER sessionadmin_active_upd AFTER UPDATE OF status ON {S} FOR EACH ROW
+    WHEN ((OLD.status = 'active') IS DISTINCT FROM (NEW.status = 'active'))
+    EXECUTE FUNCTION sessionadmin_active_row_delta();
 CREATE TRIGGER sessionadmin_active_del AFTER DELETE ON {S}
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION sessionadmin_active_delta();
 """
@@ -35,6 +42,7 @@ DROP TRIGGER IF EXISTS sessionadmin_active_ins ON {S};
 DROP TRIGGER IF EXISTS sessionadmin_active_upd ON {S};
 DROP TRIGGER IF EXISTS sessionadmin_active_del ON {S};
 DROP FUNCTION IF EXISTS sessionadmin_active_delta();
+DROP FUNCTION IF EXISTS sessionadmin_active_row_delta();
 """
 SQLITE_UP = [
     f"""CREATE TRIGGER sessionadmin_active_ins AFTER INSERT ON {S} WHEN NEW.status = 'active'
