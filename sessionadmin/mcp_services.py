@@ -96,16 +96,51 @@ def save_server(
                 )
             ]
         )
+        if not creating:
+            # Live workspaces must not keep a stale URL or a rotated secret in .mcp.json.
+            transaction.on_commit(lambda: _rewrite_configs_of([server.pk]))
     return server
 
 
 def delete_server(server: McpServer, *, actor: str) -> None:
-    """Remove a catalog entry; clients attached from it keep their rows (server becomes NULL)
-    and report an error on their next operation."""
+    """Remove a catalog entry. Its open clients are closed (audited) and the workspaces'
+    ``.mcp.json`` rewritten, so no agent keeps using a server the operators removed."""
+    now = timezone.now()
     with transaction.atomic():
         name = server.name
+        clients = list(
+            McpClient.objects.select_for_update()
+            .filter(server=server)
+            .exclude(status=McpClient.Status.CLOSED)
+            .select_related("session")
+        )
+        McpClient.objects.filter(pk__in=[c.pk for c in clients]).update(status=McpClient.Status.CLOSED, closed_at=now)
         server.delete()
-        audit.write([audit.entry("mcp_server_deleted", actor=actor, details={"server": name})])
+        audit.write(
+            [audit.entry("mcp_server_deleted", actor=actor, details={"server": name, "clients_closed": len(clients)})]
+            + [
+                _entry("mcp_client_closed", c.session, actor, {"client_id": c.client_id, "reason": "catalog entry deleted"})
+                for c in clients
+            ]
+        )
+        session_ids = {c.session_id for c in clients}
+        transaction.on_commit(lambda: _rewrite_configs_of(None, session_ids=session_ids))
+
+
+def _rewrite_configs_of(server_ids: list[int] | None, *, session_ids: set[uuid.UUID] | None = None) -> None:
+    """Rewrite ``.mcp.json`` of the live sessions using these servers (or these sessions).
+    Best effort after commit: a workspace that cannot be written is logged, and the next
+    attach, detach or refresh of that session writes it again."""
+    sessions = AgentSession.objects.active()
+    if server_ids is not None:
+        sessions = sessions.filter(mcp_clients__server_id__in=server_ids).exclude(mcp_clients__status=McpClient.Status.CLOSED)
+    else:
+        sessions = sessions.filter(pk__in=session_ids or set())
+    for session in sessions.distinct():
+        try:
+            write_mcp_json(session)
+        except OSError as exc:
+            logger.warning("cannot rewrite %s of session %s: %s", MCP_JSON, session.pk, exc.strerror or exc)
 
 
 # --- targets and the workspace's .mcp.json ------------------------------------------------------
@@ -136,9 +171,11 @@ def _target_of_server(server: McpServer, session: AgentSession) -> Target:
     return Target(server.transport, url=server.url, headers=server_headers(server))
 
 
-def _entry_of(client: McpClient, *, include_secrets: bool) -> dict[str, Any]:
+def _entry_of(client: McpClient, *, include_secrets: bool) -> dict[str, Any] | None:
     server = client.server
     if server is None:
+        if client.transport == McpServer.Transport.STDIO:
+            return None  # its catalog entry (the only source of a command) is gone
         return {"type": "http" if client.transport == "streamable_http" else "sse", "url": client.url}
     if server.transport == McpServer.Transport.STDIO:
         entry: dict[str, Any] = {"command": server.command, "args": [str(a) for a in server.args or []]}
@@ -159,7 +196,8 @@ def mcp_config_for(session: AgentSession, *, include_secrets: bool) -> dict[str,
     "url", "headers"}, SSE -> {"type": "sse", ...}. Header/env values are masked unless
     ``include_secrets``. Every attached (not closed) client is listed."""
     clients = McpClient.objects.filter(session_id=session.pk).exclude(status=McpClient.Status.CLOSED).select_related("server")
-    return {"mcpServers": {c.client_id: _entry_of(c, include_secrets=include_secrets) for c in clients.order_by("client_id")}}
+    entries = {c.client_id: _entry_of(c, include_secrets=include_secrets) for c in clients.order_by("client_id")}
+    return {"mcpServers": {client_id: entry for client_id, entry in entries.items() if entry is not None}}
 
 
 def write_mcp_json(session: AgentSession) -> None:

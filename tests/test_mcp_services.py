@@ -247,6 +247,22 @@ class McpJsonTests(McpServicesTestCase):
         self.assertEqual(outside.read_text(), "untouched")
         self.assertFalse((Path(self.session.workspace_path) / ".mcp.json").is_symlink())
 
+    def test_it_rewrites_live_configs_when_the_catalog_changes(self) -> None:
+        mcp_services.add_client(self.session.id, server=self.guarded_server, actor="alice")
+        mcp_services.add_client(self.session.id, server=self.stdio_server, actor="alice")
+        path = Path(self.session.workspace_path) / ".mcp.json"
+        with self.captureOnCommitCallbacks(execute=True):
+            mcp_services.save_server(self.guarded_server, actor="alice", headers={"Authorization": "Bearer rotated-0099"})
+        self.assertEqual(
+            json.loads(path.read_text())["mcpServers"]["guarded"]["headers"], {"Authorization": "Bearer rotated-0099"}
+        )
+        with self.captureOnCommitCallbacks(execute=True):
+            mcp_services.delete_server(self.stdio_server, actor="alice")
+        self.assertEqual(sorted(json.loads(path.read_text())["mcpServers"]), ["guarded"])
+        self.assertEqual(McpClient.objects.get(session=self.session, client_id="tools-stdio").status, "closed")
+        closed = AuditEntry.objects.get(event_type="mcp_client_closed")
+        self.assertEqual(closed.details, {"client_id": "tools-stdio", "reason": "catalog entry deleted"})
+
     def test_config_for_the_api_masks_secrets_unless_asked(self) -> None:
         mcp_services.add_client(self.session.id, server=self.guarded_server, actor="alice")
         masked = mcp_services.mcp_config_for(self.session, include_secrets=False)
