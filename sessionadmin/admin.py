@@ -105,11 +105,8 @@ class AgentSessionAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Kill selected sessions (through the manager)", permissions=["operate"])
     def kill_sessions(self, request: HttpRequest, queryset: QuerySet[AgentSession]) -> None:
-        manager = SessionManager()
-        actor = request.user.get_username()
         ids = list(queryset.filter(status=AgentSession.Status.ACTIVE).values_list("id", flat=True))
-        marked = manager.begin_cleanups(ids, actor=actor, reason="killed from the admin")
-        result = manager.finish_cleanups([s.id for s in marked], actor=actor)
+        _, result = SessionManager().kill_sessions(ids, actor=request.user.get_username(), reason="killed from the admin")
         self.message_user(request, f"Ended {len(result.ended)} session(s); {len(result.failed)} could not be cleaned up.")
 
 

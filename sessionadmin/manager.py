@@ -456,6 +456,13 @@ class SessionManager:
             self._audit(*(self._session_entry("session_terminating", r, actor, {"reason": reason}, at=now) for r in rows))
         return rows
 
+    def kill_sessions(self, session_ids: Sequence[uuid.UUID], *, actor: str, reason: str) -> tuple[int, CleanupResult]:
+        """End several active sessions now (bulk kill from the dashboard or the admin): mark
+        them terminating, then clean them up. Returns how many were marked (sessions no longer
+        active are left alone) and the cleanup result."""
+        marked = self.begin_cleanups(session_ids, actor=actor, reason=reason)
+        return len(marked), self.finish_cleanups([s.id for s in marked], actor=actor)
+
     def finish_cleanups(self, session_ids: Iterable[uuid.UUID | str], *, actor: str) -> CleanupResult:
         """The second half of a cleanup, for sessions already terminating: close MCP clients,
         remove workspaces, mark ended. Safe to run twice: ended sessions are skipped."""

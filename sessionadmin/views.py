@@ -280,15 +280,14 @@ def session_bulk_kill(request: HttpRequest) -> HttpResponse:
             for error in errors:
                 messages.error(request, f"Nothing was killed: {error}")
         return _done(request, back)
-    manager = SessionManager()
-    actor = actor_of(request)
     try:
-        marked = manager.begin_cleanups(form.cleaned_data["ids"], actor=actor, reason=form.cleaned_data["reason"])
+        marked, result = SessionManager().kill_sessions(
+            form.cleaned_data["ids"], actor=actor_of(request), reason=form.cleaned_data["reason"]
+        )
     except InvalidInput as exc:
         messages.error(request, f"Nothing was killed: {exc}")
         return _done(request, back)
-    result = manager.finish_cleanups([s.id for s in marked], actor=actor)
-    skipped = len(form.cleaned_data["ids"]) - len(marked)
+    skipped = len(form.cleaned_data["ids"]) - marked
     if result.ended:
         messages.success(request, f"Ended {len(result.ended)} session{'s' if len(result.ended) != 1 else ''}.")
     if result.failed:
