@@ -46,6 +46,18 @@ def _open_dir(name: str | Path, *, dir_fd: int | None = None) -> Iterator[int]:
         os.close(fd)
 
 
+def _chmod_dir_nofollow(name: str, dir_fd: int) -> None:
+    """chmod a directory without following a symlink swapped in at ``name``: open it with
+    O_PATH | O_NOFOLLOW | O_DIRECTORY (no read permission needed, a link fails with ENOTDIR or
+    ELOOP) and chmod the opened inode through /proc, as glibc's fchmodat(AT_SYMLINK_NOFOLLOW)
+    does. Linux has no lchmod."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        os.chmod(f"/proc/self/fd/{fd}", WORKSPACE_MODE)
+    finally:
+        os.close(fd)
+
+
 def _ensure_user_dir(root_fd: int, user_id: str) -> None:
     try:
         os.mkdir(user_id, WORKSPACE_MODE, dir_fd=root_fd)
@@ -58,7 +70,7 @@ def _ensure_user_dir(root_fd: int, user_id: str) -> None:
         raise WorkspaceError(f"user path {user_id!r} exists and is not a directory")
     if stat.S_IMODE(st.st_mode) != WORKSPACE_MODE:
         # mkdir's mode is filtered by the umask; set it explicitly.
-        os.chmod(user_id, WORKSPACE_MODE, dir_fd=root_fd)
+        _chmod_dir_nofollow(user_id, root_fd)
 
 
 def create_workspace(root: Path | str, user_id: str, session_id: str) -> Path:
@@ -75,7 +87,7 @@ def create_workspace(root: Path | str, user_id: str, session_id: str) -> Path:
             with _open_dir(user_id, dir_fd=root_fd) as user_fd:
                 os.mkdir(str(session_id), WORKSPACE_MODE, dir_fd=user_fd)
                 try:
-                    os.chmod(str(session_id), WORKSPACE_MODE, dir_fd=user_fd)
+                    _chmod_dir_nofollow(str(session_id), user_fd)
                 except OSError:
                     os.rmdir(str(session_id), dir_fd=user_fd)
                     raise
