@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import BooleanField, Case, Count, ExpressionWrapper, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -38,9 +38,16 @@ def create_org(*, org_id: str, name: str, actor: str, prompt: str = "", **limits
     if problem:
         raise InvalidOrgID(f"invalid org ID: {problem}")
     _check_org_fields(name, prompt, limits)
+    exists = InvalidInput(f"org {org_id!r} exists already")
     if Org.objects.filter(pk=org_id).exists():
-        raise InvalidInput(f"org {org_id!r} exists already")
-    org = Org.objects.create(id=org_id, name=name.strip(), prompt=prompt, **limits)
+        raise exists
+    try:
+        # A savepoint: two operators creating the same org at once get a clear error for the
+        # second, not an IntegrityError (and the outer transaction stays usable).
+        with transaction.atomic():
+            org = Org.objects.create(id=org_id, name=name.strip(), prompt=prompt, **limits)
+    except IntegrityError:
+        raise exists from None
     audit.write(
         [
             audit.entry(
