@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,7 +31,7 @@ PG_BENCH_DB = "sessionadmin_bench_create"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--count", type=int, default=1000, help="sessions created per measurement")
+    parser.add_argument("--count", type=int, default=1000, help="sessions created per round (5 interleaved rounds each)")
     parser.add_argument("--preseed", type=int, default=100_000, help="sessions already in the DB for the second run")
     parser.add_argument("--databases", default="sqlite,postgres")
     parser.add_argument("--pg-admin-url", default=os.environ.get("SESSIONADMIN_BENCH_PG_URL", PG_ADMIN_URL))
@@ -118,9 +119,14 @@ def measure(count: int, preseed: int) -> dict[str, Any]:
     manager_rate(manager, 50)  # warm up imports, connections and caches
     raw_rate(50)
     orm_floor_rate(50)
-    manager_s = min(manager_rate(manager, count) for _ in range(3))
-    raw_s = min(orm_floor_rate(count) for _ in range(3))
-    sql_s = min(raw_rate(count) for _ in range(3))
+    # Interleaved rounds, so that the manager and the floors meet the same disk (fsync) and
+    # machine conditions; the median round of each is reported.
+    rounds: dict[str, list[float]] = {"manager": [], "floor": [], "sql": []}
+    for _ in range(5):
+        rounds["manager"].append(manager_rate(manager, count))
+        rounds["floor"].append(orm_floor_rate(count))
+        rounds["sql"].append(raw_rate(count))
+    manager_s, raw_s, sql_s = (statistics.median(rounds[k]) for k in ("manager", "floor", "sql"))
     peak_empty = memory_peak(manager, 300)
     seed_sessions(preseed)
     manager_pre = manager_rate(manager, count)
