@@ -246,7 +246,7 @@ class AuditEntryAdmin(ReadOnlyAdmin):
 from sessionadmin import mcp_services  # noqa: E402
 from sessionadmin.mcp_forms import McpServerForm  # noqa: E402
 from sessionadmin.models import McpClient, McpServer  # noqa: E402
-from sessionadmin.secrets import SecretsError, masked_mapping  # noqa: E402
+from sessionadmin.secrets import masked_mapping  # noqa: E402
 
 
 class McpServerAdminForm(McpServerForm):
@@ -268,7 +268,7 @@ class McpServerAdmin(admin.ModelAdmin):
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
         kwargs["fields"] = [*McpServerForm.Meta.fields, "args_text", "headers_text", "env_text", "clear_headers", "clear_env"]
         base = super().get_form(request, obj, change, **kwargs)
-        headers, env = self._stored(obj)
+        headers, env = mcp_services.stored_secrets(obj)
 
         class BoundForm(base):  # type: ignore[valid-type,misc]
             def __init__(self, *args: Any, **kw: Any) -> None:
@@ -276,22 +276,13 @@ class McpServerAdmin(admin.ModelAdmin):
 
         return BoundForm
 
-    @staticmethod
-    def _stored(obj: McpServer | None) -> tuple[dict[str, str], dict[str, str]]:
-        if obj is None:
-            return {}, {}
-        try:
-            return mcp_services.server_headers(obj), mcp_services.server_env(obj)
-        except SecretsError:
-            return {}, {}
-
     @admin.display(description="headers")
     def masked_headers(self, obj: McpServer) -> str:
-        return ", ".join(f"{k}: {v}" for k, v in masked_mapping(self._stored(obj)[0]).items()) or "—"
+        return ", ".join(f"{k}: {v}" for k, v in masked_mapping(mcp_services.stored_secrets(obj)[0]).items()) or "—"
 
     @admin.display(description="environment")
     def masked_env(self, obj: McpServer) -> str:
-        return ", ".join(f"{k}={v}" for k, v in masked_mapping(self._stored(obj)[1]).items()) or "—"
+        return ", ".join(f"{k}={v}" for k, v in masked_mapping(mcp_services.stored_secrets(obj)[1]).items()) or "—"
 
     def save_model(self, request: HttpRequest, obj: McpServer, form: Any, change: bool) -> None:
         headers, env = form.secrets_to_store()

@@ -49,6 +49,15 @@ def entry(
     )
 
 
+def session_entry(
+    event_type: str, session: Any, actor: str, details: dict[str, Any] | None = None, at: datetime | None = None
+) -> AuditEntry:
+    """An unsaved entry about one session (its user, org and id filled in)."""
+    return entry(
+        event_type, actor=actor, user_id=session.user_id, org_id=session.org_id, session_id=session.id, details=details, at=at
+    )
+
+
 def write(entries: Iterable[AuditEntry], *, sink: AuditLogger | None = None) -> list[AuditEntry]:
     """Insert entries in the caller's transaction; forward them to ``sink`` after commit."""
     rows = AuditEntry.objects.bulk_create(list(entries))

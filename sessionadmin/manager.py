@@ -158,9 +158,9 @@ class SessionManager:
                     created_by=actor,
                 )
                 session.save(force_insert=True)
-                entries = [self._session_entry("session_created", session, actor, {"workspace_path": str(path)})]
+                entries = [audit.session_entry("session_created", session, actor, {"workspace_path": str(path)})]
                 if prompt_error:
-                    entries.append(self._session_entry("prompt_composition_failed", session, actor, {"error": prompt_error}))
+                    entries.append(audit.session_entry("prompt_composition_failed", session, actor, {"error": prompt_error}))
                 self._audit(*entries)
                 workspaces.create_workspace(self.workspace_root, user_id, str(session_id))
         except workspaces.WorkspaceError as exc:
@@ -293,20 +293,6 @@ class SessionManager:
         with transaction.atomic():
             self._audit(audit.entry(event_type, actor=actor, user_id=user_id, org_id=org_id, details=details))
 
-    @staticmethod
-    def _session_entry(
-        event_type: str, session: AgentSession, actor: str, details: dict[str, Any] | None = None, at: datetime | None = None
-    ) -> AuditEntry:
-        return audit.entry(
-            event_type,
-            actor=actor,
-            user_id=session.user_id,
-            org_id=session.org_id,
-            session_id=session.id,
-            details=details,
-            at=at,
-        )
-
     # --- reads ----------------------------------------------------------------------------
 
     def get_session(self, session_id: uuid.UUID | str) -> AgentSession:
@@ -362,7 +348,7 @@ class SessionManager:
             row.system_prompt = prompt
             row.save(update_fields=["system_prompt"])
             self._audit(
-                self._session_entry(
+                audit.session_entry(
                     "system_prompt_updated",
                     row,
                     actor or audit.SYSTEM_ACTOR,
@@ -386,7 +372,7 @@ class SessionManager:
             row = self._locked_active(session_id)
             row.pinned_until, row.pin_reason, row.pinned_by = until, reason, actor
             row.save(update_fields=["pinned_until", "pin_reason", "pinned_by"])
-            self._audit(self._session_entry("session_pinned", row, actor, {"until": until.isoformat(), "reason": reason}))
+            self._audit(audit.session_entry("session_pinned", row, actor, {"until": until.isoformat(), "reason": reason}))
         return self._bind(row)
 
     def unpin_session(self, session_id: uuid.UUID | str, *, actor: str) -> AgentSession:
@@ -394,7 +380,7 @@ class SessionManager:
             row = self._locked_active(session_id)
             row.pinned_until, row.pin_reason, row.pinned_by = None, "", ""
             row.save(update_fields=["pinned_until", "pin_reason", "pinned_by"])
-            self._audit(self._session_entry("session_unpinned", row, actor))
+            self._audit(audit.session_entry("session_unpinned", row, actor))
         return self._bind(row)
 
     # --- cleanup --------------------------------------------------------------------------
@@ -422,7 +408,7 @@ class SessionManager:
                 row.status = AgentSession.Status.TERMINATING
                 row.ended_by, row.end_reason = actor, reason
                 row.save(update_fields=["status", "ended_by", "end_reason"])
-                self._audit(self._session_entry("session_terminating", row, actor, {"reason": reason}))
+                self._audit(audit.session_entry("session_terminating", row, actor, {"reason": reason}))
         return self._bind(row)
 
     def begin_cleanups(
@@ -453,7 +439,7 @@ class SessionManager:
             AgentSession.objects.filter(pk__in=[r.id for r in rows], status=AgentSession.Status.ACTIVE).update(
                 status=AgentSession.Status.TERMINATING, ended_by=actor, end_reason=reason
             )
-            self._audit(*(self._session_entry("session_terminating", r, actor, {"reason": reason}, at=now) for r in rows))
+            self._audit(*(audit.session_entry("session_terminating", r, actor, {"reason": reason}, at=now) for r in rows))
         return rows
 
     def kill_sessions(self, session_ids: Sequence[uuid.UUID], *, actor: str, reason: str) -> tuple[int, CleanupResult]:
@@ -513,7 +499,7 @@ class SessionManager:
             )
             self._audit(
                 *(
-                    self._session_entry(
+                    audit.session_entry(
                         "session_cleaned_up",
                         s,
                         actor,
@@ -534,7 +520,7 @@ class SessionManager:
                 )
             self._audit(
                 *(
-                    self._session_entry("workspace_removal_failed", by_id[sid], actor, {"error": err[: audit.MAX_DETAIL_TEXT]})
+                    audit.session_entry("workspace_removal_failed", by_id[sid], actor, {"error": err[: audit.MAX_DETAIL_TEXT]})
                     for sid, err in failed.items()
                 )
             )

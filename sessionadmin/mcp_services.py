@@ -29,7 +29,7 @@ from sessionadmin import audit, mcp_client
 from sessionadmin.manager import InvalidInput, MCPClientNotFound, SessionError, SessionManager, SessionNotFound, parse_session_id
 from sessionadmin.mcp_client import McpError, Target, ToolResult
 from sessionadmin.models import AgentSession, McpClient, McpServer
-from sessionadmin.secrets import decrypt_mapping, encrypt_mapping, masked_mapping
+from sessionadmin.secrets import SecretsError, decrypt_mapping, encrypt_mapping, masked_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,17 @@ def server_headers(server: McpServer) -> dict[str, str]:
 
 def server_env(server: McpServer) -> dict[str, str]:
     return decrypt_mapping(server.env_encrypted)
+
+
+def stored_secrets(server: McpServer | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(headers, env) of a catalog entry for editing forms; empty when unreadable (a changed
+    key), so the operator can type them again instead of meeting an error page."""
+    if server is None:
+        return {}, {}
+    try:
+        return server_headers(server), server_env(server)
+    except SecretsError:
+        return {}, {}
 
 
 def set_server_secrets(server: McpServer, *, headers: dict[str, str] | None = None, env: dict[str, str] | None = None) -> None:
@@ -119,7 +130,9 @@ def delete_server(server: McpServer, *, actor: str) -> None:
         audit.write(
             [audit.entry("mcp_server_deleted", actor=actor, details={"server": name, "clients_closed": len(clients)})]
             + [
-                _entry("mcp_client_closed", c.session, actor, {"client_id": c.client_id, "reason": "catalog entry deleted"})
+                audit.session_entry(
+                    "mcp_client_closed", c.session, actor, {"client_id": c.client_id, "reason": "catalog entry deleted"}
+                )
                 for c in clients
             ]
         )
@@ -255,12 +268,6 @@ def _active_session(session_id: uuid.UUID | str, *, lock: bool = False) -> Agent
     return session
 
 
-def _entry(event_type: str, session: AgentSession, actor: str, details: dict[str, Any]) -> Any:
-    return audit.entry(
-        event_type, actor=actor, user_id=session.user_id, org_id=session.org_id, session_id=session.id, details=details
-    )
-
-
 def _check_client_id(client_id: str) -> str:
     if not CLIENT_ID_RE.match(client_id):
         raise InvalidInput("client id must be 1-100 lowercase letters, digits, '-' or '_', starting with a letter or digit")
@@ -315,7 +322,9 @@ def add_client(
         snapshot = mcp_client.inspect(target, timeout=timeout or timeout_default())
     except McpError as exc:
         with transaction.atomic():
-            audit.write([_entry("mcp_client_add_failed", session, actor, {**label, "kind": exc.kind, "error": str(exc)})])
+            audit.write(
+                [audit.session_entry("mcp_client_add_failed", session, actor, {**label, "kind": exc.kind, "error": str(exc)})]
+            )
         raise McpOperationFailed(str(exc), kind=exc.kind) from None
     now = timezone.now()
     with transaction.atomic():
@@ -337,7 +346,7 @@ def add_client(
         client.save(force_insert=True)
         audit.write(
             [
-                _entry(
+                audit.session_entry(
                     "mcp_client_added",
                     session,
                     actor,
@@ -388,7 +397,7 @@ def remove_client(session_id: uuid.UUID | str, client_id: str, *, actor: str) ->
         client = _open_client(session.id, client_id, lock=True)
         client.status, client.closed_at = McpClient.Status.CLOSED, now
         client.save(update_fields=["status", "closed_at"])
-        audit.write([_entry("mcp_client_removed", session, actor, {"client_id": client.client_id})])
+        audit.write([audit.session_entry("mcp_client_removed", session, actor, {"client_id": client.client_id})])
         _rewrite_config(session)
         SessionManager().touch(session.id)
     return client
@@ -464,7 +473,7 @@ def _status_entry(session: AgentSession, client: McpClient, actor: str, before: 
     details = {"client_id": client.client_id, "from": before, "to": client.status}
     if error:
         details["error"] = error[: audit.MAX_DETAIL_TEXT]
-    return _entry("mcp_client_status_changed", session, actor, details)
+    return audit.session_entry("mcp_client_status_changed", session, actor, details)
 
 
 def call_tool(
@@ -497,7 +506,7 @@ def call_tool(
     if kind:
         details["kind"], details["error"] = kind, error[: audit.MAX_DETAIL_TEXT]
     with transaction.atomic():
-        entries = [_entry("mcp_tool_called", session, actor, details)]
+        entries = [audit.session_entry("mcp_tool_called", session, actor, details)]
         if result is not None and client.status == McpClient.Status.ERROR:
             changed = McpClient.objects.filter(pk=client.pk, status=McpClient.Status.ERROR).update(
                 status=McpClient.Status.CONNECTED, last_verified_at=timezone.now(), last_error=""

@@ -24,13 +24,9 @@ from sessionadmin.mcp_services import McpOperationFailed
 from sessionadmin.models import AgentSession, McpClient, McpServer
 from sessionadmin.roles import ADHOC_MCP_PERMISSION
 from sessionadmin.secrets import SecretsError
-from sessionadmin.views import CHANGED_EVENT, actor_of, can_operate, get_session_for, operator_required, viewer_required
+from sessionadmin.views import CHANGED_EVENT, _is_htmx, actor_of, can_operate, get_session_for, operator_required, viewer_required
 
 PANEL = "sessionadmin/session_mcp.html"
-
-
-def _is_htmx(request: HttpRequest) -> bool:
-    return bool(getattr(request, "htmx", False))
 
 
 def _panel(
@@ -190,18 +186,11 @@ def mcp_server_list(request: HttpRequest) -> HttpResponse:
     return render(request, "sessionadmin/mcp_server_list.html", {"rows": rows, "can_operate": can_operate(request)})
 
 
-def _stored(server: McpServer) -> tuple[dict[str, str], dict[str, str]]:
-    try:
-        return mcp_services.server_headers(server), mcp_services.server_env(server)
-    except SecretsError:
-        return {}, {}
-
-
 @require_http_methods(["GET", "POST"])
 @operator_required
 def mcp_server_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse:
     server = get_object_or_404(McpServer, pk=pk) if pk is not None else McpServer()
-    headers, env = _stored(server) if pk is not None else ({}, {})
+    headers, env = mcp_services.stored_secrets(server if pk is not None else None)
     form = McpServerForm(request.POST or None, instance=server, stored_headers=headers, stored_env=env)
     if request.method == "POST" and form.is_valid():
         new_headers, new_env = form.secrets_to_store()
