@@ -17,8 +17,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from sessionadmin import services, tokens
-from sessionadmin.manager import SessionManager
+from sessionadmin import lifecycle, services, tokens
 from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceRun, Org, PromptLayer
 from sessionadmin.roles import OPERATE_PERMISSION
 
@@ -87,7 +86,7 @@ class PromptLayerAdmin(admin.ModelAdmin):
 
 @admin.register(AgentSession)
 class AgentSessionAdmin(ReadOnlyAdmin):
-    """Read-only rows: a session's status changes only through the manager, here through the
+    """Read-only rows: a session's status changes only through ``lifecycle``, here through the
     "Kill" action (operators only)."""
 
     list_display = ["id", "user_id", "org", "status", "created_at", "last_active_at", "ended_at"]
@@ -103,11 +102,13 @@ class AgentSessionAdmin(ReadOnlyAdmin):
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> tuple[QuerySet[Any], bool]:
         return (queryset.search(search_term) if search_term.strip() else queryset), False  # type: ignore[attr-defined]
 
-    @admin.action(description="Kill selected sessions (through the manager)", permissions=["operate"])
+    @admin.action(description="Kill selected sessions", permissions=["operate"])
     def kill_sessions(self, request: HttpRequest, queryset: QuerySet[AgentSession]) -> None:
+        # The ids only: lifecycle.end locks and re-checks the rows, in batches the workers remove.
         ids = list(queryset.filter(status=AgentSession.Status.ACTIVE).values_list("id", flat=True))
-        _, result = SessionManager().kill_sessions(ids, actor=request.user.get_username(), reason="killed from the admin")
-        self.message_user(request, f"Ended {len(result.ended)} session(s); {len(result.failed)} could not be cleaned up.")
+        ended = lifecycle.end(session_ids=ids, actor=request.user.get_username(), reason="killed from the admin")
+        queued = "" if ended.enqueued is not False else " (the task queue is unreachable: the maintenance will remove them)"
+        self.message_user(request, f"{len(ended.sessions)} session(s) terminating; the workers remove their workspaces{queued}.")
 
 
 _LOOKUP_CACHE: dict[str, tuple[float, list[tuple[str, str]]]] = {}

@@ -33,15 +33,13 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
-from sessionadmin import tokens
+from sessionadmin import lifecycle, tokens
 from sessionadmin.manager import (
     MAX_REASON_LENGTH,
     InvalidInput,
     InvalidOrgID,
     InvalidUserID,
     MaxSessionsReached,
-    SessionManager,
-    SessionNotFound,
     WorkspaceCreationError,
 )
 from sessionadmin.models import AgentSession, AgentSessionQuerySet, ApiToken
@@ -263,8 +261,8 @@ def create_session(request: HttpRequest, token: ApiToken) -> HttpResponse:
     if token.org_id and body["org_id"] != token.org_id:
         raise unknown_org
     try:
-        session = SessionManager().create_session(
-            body["user_id"], body["org_id"], actor=token.actor, variables=body.get("variables")
+        session = lifecycle.create(
+            user_id=body["user_id"], org_id=body["org_id"], actor=token.actor, variables=body.get("variables")
         )
     except InvalidOrgID:
         raise unknown_org
@@ -349,30 +347,16 @@ def delete_session(request: HttpRequest, token: ApiToken, session_id: str) -> Ht
     if not isinstance(reason, str) or len(reason.strip()) > MAX_REASON_LENGTH:
         raise invalid({"reason": f"must be a string of at most {MAX_REASON_LENGTH} characters"})
     sid = parse_uuid(session_id)
-    with transaction.atomic():
-        # Locked so that of two concurrent DELETEs exactly one gets 202.
-        found = sessions_of(token).active().select_for_update().filter(pk=sid).values_list("pk", flat=True).first()
-        if found is None:
-            raise not_found()
-        try:
-            session = SessionManager().begin_cleanup(sid, actor=token.actor, reason=reason)
-        except SessionNotFound:
-            raise not_found()
-    enqueued = enqueue_workspace_removal(str(sid))
-    body = {"id": str(sid), "status": session.status, "cleanup": "enqueued" if enqueued else "pending"}
-    return JsonResponse(body, status=202)
-
-
-def enqueue_workspace_removal(session_id: str) -> bool:
-    """Send the removal after commit; False (logged) if the broker refused it."""
-    from sessionadmin.tasks import remove_workspace
-
     try:
-        remove_workspace.delay_on_commit(session_id)
-    except Exception as exc:  # any broker failure: the maintenance retries terminating sessions
-        logger.warning("could not enqueue workspace removal of %s: %s", session_id, type(exc).__name__)
-        return False
-    return True
+        ended = lifecycle.end(session_ids=[sid], actor=token.actor, reason=reason, within=sessions_of(token))
+    except InvalidInput as exc:
+        raise invalid({"reason": str(exc)})
+    if not ended.sessions:
+        raise not_found()
+    # None: sent when the caller's transaction commits; False: the broker refused it now.
+    cleanup = "pending" if ended.enqueued is False else "enqueued"
+    body = {"id": str(sid), "status": AgentSession.Status.TERMINATING, "cleanup": cleanup}
+    return JsonResponse(body, status=202)
 
 
 @api_endpoint("POST")
@@ -407,7 +391,7 @@ def touch_session(session_id: uuid.UUID, *, now: datetime) -> None:
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SET LOCAL synchronous_commit = off")
-        SessionManager().touch(session_id, now=now)
+        lifecycle.touch(session_id=session_id, now=now)
 
 
 def heartbeat_lookup(raw: str, session_id: uuid.UUID, *, now: datetime) -> tuple[int, bool, bool, bool] | None:

@@ -2,7 +2,8 @@
 
 Liveness: a worker writes its ``ServiceHeartbeat`` row when it is ready and on every run of the
 ``heartbeat`` task; beat writes its row when it starts and whenever it publishes that task. A
-worker also re-enqueues unfinished workspace removals when it starts: kombu's
+worker also closes the runs it left open when it died (same hostname) and re-enqueues
+unfinished workspace removals when it starts: kombu's
 ``filesystem://`` transport deletes a message file as soon as it is fetched and keeps the
 unacknowledged message only in memory, so a SIGKILLed worker loses it (Redis/RabbitMQ redeliver
 it themselves; the removal is idempotent, so both paths together duplicate nothing).
@@ -53,11 +54,12 @@ def _on_worker_ready(sender: Any = None, **kwargs: Any) -> None:
     hostname = getattr(sender, "hostname", "") if sender is not None else ""
     _beat("worker", hostname=hostname, event="ready")
     try:
-        from sessionadmin.maintenance import requeue_stuck_removals
+        from sessionadmin.maintenance import requeue_stuck_removals, settle_open_runs
 
+        settle_open_runs(worker=hostname)
         requeue_stuck_removals(reason="worker start")
     except Exception:
-        logger.exception("could not re-enqueue unfinished workspace removals")
+        logger.exception("could not settle open runs or re-enqueue unfinished workspace removals")
 
 
 @beat_init.connect

@@ -4,16 +4,17 @@ the liveness heartbeats. Each run writes one ``MaintenanceRun`` row.
 
 How the inactivity cleanup scales: the periodic task walks idle candidates in keyset-ordered
 batches (only ids, times and org ids are loaded, so memory does not grow with the number of
-sessions), marks each batch ``terminating`` through ``SessionManager.begin_cleanups`` (skip-locked
-row locks plus the idle cutoffs, so overlapping runs and fresh activity are respected) and enqueues
-one ``remove_workspaces`` task per batch. That task calls ``finish_cleanups`` (bulk MCP close,
-removal of each tree, one bulk UPDATE and one bulk audit insert per batch) and adds its counts to
-the run row, which the last batch to finish closes.
+sessions) and ends each batch through ``lifecycle.end`` (skip-locked row locks plus the idle
+cutoffs, so overlapping runs and fresh activity are respected), which enqueues one
+``remove_workspaces`` task per batch. That task calls ``lifecycle.finish`` (bulk MCP close,
+removal of each tree, one bulk UPDATE and one bulk audit insert per batch), which settles the
+run record from its sessions: the run is done when none of them is terminating any more.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -24,35 +25,33 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from sessionadmin import audit, workspaces
-from sessionadmin.manager import (
+from sessionadmin import audit, lifecycle, workspaces
+from sessionadmin.lifecycle import (
     INACTIVITY_ACTOR,
+    INACTIVITY_CLEANUP,
+    MAX_RECORDED_IDS,
+    WORKSPACE_REMOVAL,
     Candidate,
-    CleanupResult,
-    SessionManager,
-    WorkspaceRemovalError,
-    batched,
     iter_idle,
+    start_run,
 )
 from sessionadmin.models import AgentSession, AuditEntry, MaintenanceRun, ServiceHeartbeat
 
 logger = logging.getLogger(__name__)
 
-# Task names as recorded in MaintenanceRun.task.
-INACTIVITY_CLEANUP = "inactivity_cleanup"
-WORKSPACE_REMOVAL = "workspace_removal"
+# Task names as recorded in MaintenanceRun.task (the first two are lifecycle's).
 RECONCILIATION = "reconciliation"
 HISTORY_PURGE = "history_purge"
 MCP_HEALTH = "mcp_health"
 RUNNABLE_NOW = (INACTIVITY_CLEANUP, RECONCILIATION, HISTORY_PURGE, MCP_HEALTH)
+# Every task name a run record may carry (the maintenance page filters by them).
+TASKS = (INACTIVITY_CLEANUP, WORKSPACE_REMOVAL, RECONCILIATION, HISTORY_PURGE, MCP_HEALTH)
 
 # The periodic task whose kwargs hold the operator-editable idle threshold.
 INACTIVITY_PERIODIC_TASK = "sessionadmin: inactivity cleanup"
 
 RECONCILE_ACTOR = "system:reconciliation"
 PURGE_ACTOR = "system:history-purge"
-# A run row keeps this many session ids; the audit trail has every one of them.
-MAX_RECORDED_IDS = 1000
 # Heartbeats come every 30 s; three missed ones mean the component is down.
 HEARTBEAT_MAX_AGE_SECONDS = 90
 HEARTBEAT_NAMES = ("worker", "beat")
@@ -62,10 +61,6 @@ PURGE_CHUNK = 1000
 
 
 # --- run records ------------------------------------------------------------------------------
-
-
-def start_run(task: str, *, triggered_by: str, now: datetime | None = None) -> MaintenanceRun:
-    return MaintenanceRun.objects.create(task=task, triggered_by=triggered_by[:200], started_at=now or timezone.now())
 
 
 def finish_run(
@@ -123,154 +118,100 @@ def run_inactivity_cleanup(
     idle_timeout_seconds: int | None = None,
     batch_size: int | None = None,
     inline: bool = False,
+    worker: str = "",
     now: datetime | None = None,
 ) -> MaintenanceRun:
-    """End every idle, unpinned active session (actor ``system:inactivity-cleanup``, reason
-    ``idle``). Each batch is marked terminating here; its workspaces are removed by one
-    ``remove_workspaces`` task per batch, or right here with ``inline`` (the management command)."""
+    """End every idle, unpinned, not busy active session (actor ``system:inactivity-cleanup``,
+    reason ``idle``) through ``lifecycle.end_idle``; the workers remove the workspaces, or this
+    process does with ``inline`` (the management command, for a machine with no worker)."""
     now = now or timezone.now()
     if idle_timeout_seconds is not None and idle_timeout_seconds < MIN_IDLE_TIMEOUT_SECONDS:
         # A zero or negative threshold would put the cutoff in the future and end every session.
         raise ValueError(f"idle_timeout_seconds must be at least {MIN_IDLE_TIMEOUT_SECONDS}, got {idle_timeout_seconds}")
     threshold = timedelta(seconds=idle_timeout_seconds) if idle_timeout_seconds else idle_threshold()
-    batch_size = batch_size or settings.SESSIONADMIN_CLEANUP_BATCH_SIZE
-    run = start_run(INACTIVITY_CLEANUP, triggered_by=triggered_by, now=now)
-    manager = SessionManager()
-    marked_ids: list[str] = []
-    marked = batches = 0
+    run = start_run(INACTIVITY_CLEANUP, triggered_by=triggered_by, now=now, worker=worker)
+    # Still planning: batches finished meanwhile do not close the run before the walk ends.
+    MaintenanceRun.objects.filter(pk=run.pk).update(report={"planning": True})
+    run.report = {"planning": True}
+    marked: list[str] = []
+    error = ""
     try:
-        for batch in batched(iter_idle(threshold, now=now, chunk=max(batch_size, 100)), batch_size):
-            cutoffs = {c.id: c.cutoff(now) for c in batch}
-            rows = manager.begin_cleanups(list(cutoffs), actor=INACTIVITY_ACTOR, reason="idle", idle_cutoffs=cutoffs)
-            if not rows:
-                continue
-            ids = [str(r.id) for r in rows]
-            marked += len(ids)
-            if len(marked_ids) < MAX_RECORDED_IDS:
-                marked_ids += ids[: MAX_RECORDED_IDS - len(marked_ids)]
+        for batch in lifecycle.end_idle(threshold=threshold, run=run, batch_size=batch_size, enqueue=not inline, now=now):
+            marked += batch.ids
             if inline:
-                record_batch(run.pk, batches, manager.finish_cleanups(ids, actor=INACTIVITY_ACTOR))
-            else:
-                from sessionadmin.tasks import remove_workspaces
-
-                remove_workspaces.delay_on_commit(ids, run_id=run.pk, batch=batches)
-            batches += 1
+                lifecycle.finish(session_ids=batch.ids, actor=INACTIVITY_ACTOR)
     except Exception as exc:
-        _close_planning(
-            run.pk,
-            marked=marked,
-            batches=batches,
-            session_ids=marked_ids,
-            threshold=threshold,
-            error=f"{type(exc).__name__}: {exc}",
-        )
+        error = f"{type(exc).__name__}: {exc}"
         raise
-    return _close_planning(run.pk, marked=marked, batches=batches, session_ids=marked_ids, threshold=threshold)
-
-
-def _close_planning(
-    run_id: int, *, marked: int, batches: int, session_ids: list[str], threshold: timedelta, error: str = ""
-) -> MaintenanceRun:
-    """Record how many batches the run enqueued; the run is finished when every batch has
-    reported (maybe already, when the batches were faster than this loop)."""
-    with transaction.atomic():
-        run = MaintenanceRun.objects.select_for_update().get(pk=run_id)
-        run.counts = {"sessions_ended": 0, "directories_removed": 0, "errors": 0, **run.counts, "sessions_marked": marked}
-        run.session_ids = session_ids
-        run.report = {**run.report, "batches_total": batches, "threshold_seconds": int(threshold.total_seconds())}
-        run.error = error[: audit.MAX_DETAIL_TEXT]
-        fields = ["counts", "session_ids", "report", "error"]
-        if error:
-            run.outcome, run.finished_at = MaintenanceRun.Outcome.FAILED, timezone.now()
-            fields += ["outcome", "finished_at"]
-        elif len(run.report.get("batches_done", [])) >= batches:
-            _finish_cleanup_run(run)
-            fields += ["outcome", "finished_at"]
-        run.save(update_fields=fields)
+    finally:
+        _close_planning(run.pk, marked=marked, threshold=threshold, error=error)
+    run.refresh_from_db()
     return run
 
 
-def _finish_cleanup_run(run: MaintenanceRun) -> None:
-    run.finished_at = timezone.now()
-    run.outcome = MaintenanceRun.Outcome.PARTIAL if run.report.get("failed") else MaintenanceRun.Outcome.OK
-
-
-def record_batch(run_id: int | None, batch: int | None, result: CleanupResult) -> None:
-    """Add one batch's outcome to its run. A redelivered or retried batch adds only what it
-    newly ended (``finish_cleanups`` skips ended sessions) and is counted done once."""
-    if run_id is None:
-        return
+def _close_planning(run_id: int, *, marked: list[str], threshold: timedelta, error: str = "") -> None:
+    """Record what the walk marked and let the run settle (maybe at once: every batch may have
+    been removed before the walk ended, or nothing was idle)."""
     with transaction.atomic():
-        run = MaintenanceRun.objects.select_for_update().filter(pk=run_id).first()
-        if run is None:
-            return
-        counts = {"sessions_ended": 0, "directories_removed": 0, "errors": 0, **run.counts}
-        report = dict(run.report)
-        failed: dict[str, str] = dict(report.get("failed", {}))
-        for sid in result.ended:
-            failed.pop(sid, None)
-        failed.update({sid: err[:300] for sid, err in result.failed.items()})
-        counts["sessions_ended"] += len(result.ended)
-        counts["directories_removed"] += len(result.ended)
-        counts["errors"] = len(failed)
-        done = set(report.get("batches_done", []))
-        if batch is not None:
-            done.add(batch)
-        report.update(batches_done=sorted(done), failed=failed)
-        run.counts, run.report = counts, report
-        fields = ["counts", "report"]
-        total = report.get("batches_total")
-        if run.finished_at is None and total is not None and len(done) >= total:
-            _finish_cleanup_run(run)
-            fields += ["outcome", "finished_at"]
-        elif run.finished_at is not None and run.outcome != MaintenanceRun.Outcome.FAILED:
-            run.outcome = MaintenanceRun.Outcome.PARTIAL if failed else MaintenanceRun.Outcome.OK
-            fields.append("outcome")
+        run = MaintenanceRun.objects.select_for_update().get(pk=run_id)
+        run.counts = {"sessions_ended": 0, "directories_removed": 0, "errors": 0, **run.counts, "sessions_marked": len(marked)}
+        run.session_ids = marked[:MAX_RECORDED_IDS]
+        run.report = {k: v for k, v in run.report.items() if k != "planning"} | {
+            "threshold_seconds": int(threshold.total_seconds())
+        }
+        fields = ["counts", "session_ids", "report"]
+        if error:
+            run.error, run.outcome, run.finished_at = (
+                error[: audit.MAX_DETAIL_TEXT],
+                MaintenanceRun.Outcome.FAILED,
+                timezone.now(),
+            )
+            fields += ["error", "outcome", "finished_at"]
         run.save(update_fields=fields)
+    if not error:
+        lifecycle.settle_runs([run_id])
 
 
-def remove_batch(
-    session_ids: Sequence[str], *, run_id: int | None = None, batch: int | None = None, actor: str = INACTIVITY_ACTOR
-) -> CleanupResult:
-    """Second half of the cleanup of a batch of terminating sessions. Raises
-    WorkspaceRemovalError (after recording) when some could not be removed, so the task retries."""
-    result = SessionManager().finish_cleanups(list(session_ids), actor=actor)
-    record_batch(run_id, batch, result)
-    if result.failed:
-        raise WorkspaceRemovalError(
-            f"{len(result.failed)} workspace(s) could not be removed: " + next(iter(result.failed.values()))
-        )
-    return result
-
-
-def remove_one(session_id: str, *, actor: str, triggered_by: str = "") -> CleanupResult:
-    """The removal task of one session (operator kill, API delete): its own run record."""
-    run = start_run(WORKSPACE_REMOVAL, triggered_by=triggered_by or actor)
-    result = SessionManager().finish_cleanups([session_id], actor=actor)
-    finish_run(
-        run,
-        counts={"sessions_ended": len(result.ended), "directories_removed": len(result.ended), "errors": len(result.failed)},
-        session_ids=[str(session_id)],
-        report={"failed": result.failed} if result.failed else {},
-        error=next(iter(result.failed.values()), ""),
-    )
-    if result.failed:
-        raise WorkspaceRemovalError(result.failed[str(session_id)] if str(session_id) in result.failed else "removal failed")
-    return result
-
-
-def requeue_stuck_removals(*, reason: str, batch_size: int | None = None) -> int:
+def requeue_stuck_removals(*, reason: str) -> int:
     """Enqueue the removal of every ``terminating`` session again (a worker died holding its
-    task, or its retries ran out). Removal is idempotent, so a duplicate costs one query."""
-    from sessionadmin.tasks import remove_workspaces
+    task, the broker refused it, or its retries ran out). Each session keeps its run record,
+    and removal is idempotent, so a duplicate costs one query."""
+    ids = list(AgentSession.objects.filter(status=AgentSession.Status.TERMINATING).values_list("id", flat=True))
+    count = lifecycle.retry_removal(session_ids=ids)
+    if count:
+        logger.info("re-enqueued the removal of %d terminating session(s) (%s)", count, reason)
+    return count
 
-    batch_size = batch_size or settings.SESSIONADMIN_CLEANUP_BATCH_SIZE
-    ids = [str(i) for i in AgentSession.objects.filter(status=AgentSession.Status.TERMINATING).values_list("id", flat=True)]
-    for start in range(0, len(ids), batch_size):
-        remove_workspaces.delay_on_commit(ids[start : start + batch_size])
-    if ids:
-        logger.info("re-enqueued the removal of %d terminating session(s) (%s)", len(ids), reason)
-    return len(ids)
+
+def settle_open_runs(*, worker: str, now: datetime | None = None) -> int:
+    """At worker start: close as failed the runs this worker (same hostname) was executing when
+    it died (a planning walk, a reconciliation, a purge, a health pass), and settle every
+    removal run still open from its sessions (their removals are re-enqueued right after by
+    ``requeue_stuck_removals``). Returns how many runs it closed as failed."""
+    now = now or timezone.now()
+    closed = 0
+    if worker:
+        closed = (
+            _interrupted_runs()
+            .filter(worker=worker, started_at__lt=now)
+            .update(
+                outcome=MaintenanceRun.Outcome.FAILED,
+                finished_at=now,
+                error=f"worker lost: {worker} stopped before the run ended",
+            )
+        )
+    open_removals = MaintenanceRun.objects.filter(
+        outcome=MaintenanceRun.Outcome.RUNNING, task__in=[INACTIVITY_CLEANUP, WORKSPACE_REMOVAL]
+    )
+    lifecycle.settle_runs(list(open_removals.values_list("pk", flat=True)))
+    return closed
+
+
+def _interrupted_runs() -> Any:
+    """Runs still "running" whose own task is not done: an idle walk still planning, or a
+    one-shot task (a run that only waits for its sessions' removals is not one of them)."""
+    running = MaintenanceRun.objects.filter(outcome=MaintenanceRun.Outcome.RUNNING)
+    return running.filter(report__planning=True) | running.filter(task__in=[RECONCILIATION, HISTORY_PURGE, MCP_HEALTH])
 
 
 # --- preview ----------------------------------------------------------------------------------
@@ -327,14 +268,16 @@ def preview_cleanup(*, now: datetime | None = None, threshold: timedelta | None 
 # --- reconciliation ---------------------------------------------------------------------------
 
 
-def reconcile(*, triggered_by: str = "beat", now: datetime | None = None, root: Path | str | None = None) -> MaintenanceRun:
+def reconcile(
+    *, triggered_by: str = "beat", now: datetime | None = None, root: Path | str | None = None, worker: str = ""
+) -> MaintenanceRun:
     """Compare the workspace root with the live sessions and repair what is safe: orphan
     directories older than the grace period are removed, directory modes set back to 0700,
     removals of terminating sessions enqueued again; everything else is reported. Entries are
     reached with O_NOFOLLOW directory descriptors: nothing outside the root, no symlink, is
     touched."""
     now = now or timezone.now()
-    run = start_run(RECONCILIATION, triggered_by=triggered_by, now=now)
+    run = start_run(RECONCILIATION, triggered_by=triggered_by, now=now, worker=worker)
     root_path = Path(root or settings.SESSIONADMIN_WORKSPACE_ROOT).resolve()
     grace = settings.SESSIONADMIN_ORPHAN_GRACE_SECONDS
     counts = dict.fromkeys(
@@ -358,9 +301,13 @@ def reconcile(*, triggered_by: str = "beat", now: datetime | None = None, root: 
         if len(report[kind]) < 100:
             report[kind].append(text)
 
-    live = {
-        (user_id, str(sid)): status
-        for sid, user_id, status in AgentSession.objects.live().values_list("id", "user_id", "status").iterator(chunk_size=2000)
+    # Keyed by the stored path's last two parts: a session created under an earlier root is
+    # looked for where it was created, not under today's root.
+    live: dict[tuple[str, str], tuple[str, str]] = {
+        (user_id, str(sid)): (status, path)
+        for sid, user_id, status, path in AgentSession.objects.live()
+        .values_list("id", "user_id", "status", "workspace_path")
+        .iterator(chunk_size=2000)
     }
     seen: set[tuple[str, str]] = set()
     old_user_dirs: list[str] = []
@@ -407,13 +354,16 @@ def reconcile(*, triggered_by: str = "beat", now: datetime | None = None, root: 
     for user in old_user_dirs:
         if not children.get(user) and workspaces.remove_empty_user_dir(root_path, user):
             counts["user_dirs_removed"] += 1
-    for (user_id, sid), status in live.items():
-        if (user_id, sid) not in seen and status == AgentSession.Status.ACTIVE:
-            note("missing", f"{user_id}/{sid} (active session, directory missing)")
-            touched.append(sid)
+    for (user_id, sid), (status, path) in live.items():
+        if (user_id, sid) in seen or status != AgentSession.Status.ACTIVE:
+            continue
+        if Path(path).parent.parent != root_path and os.path.isdir(path):
+            continue  # alive under the root it was created in
+        note("missing", f"{user_id}/{sid} (active session, directory missing)")
+        touched.append(sid)
     # Terminating sessions (with or without a directory) get their removal enqueued again.
     counts["removals_requeued"] = requeue_stuck_removals(reason="reconciliation")
-    counts["runs_closed"] = close_abandoned_runs(now=now)
+    counts["runs_closed"] = close_abandoned_runs(now=now, exclude=run.pk)
     audit_entries: list[AuditEntry] = []
     if report["orphans_removed"]:
         # Deleting directories is destructive: the trail says which ones (at most 1,000 named).
@@ -440,10 +390,14 @@ def reconcile(*, triggered_by: str = "beat", now: datetime | None = None, root: 
     return run
 
 
-def close_abandoned_runs(*, now: datetime) -> int:
-    """Runs still "running" long after they started lost their worker (SIGKILL, host down)."""
-    cutoff = now - timedelta(seconds=ABANDONED_RUN_SECONDS)
-    return MaintenanceRun.objects.filter(outcome=MaintenanceRun.Outcome.RUNNING, started_at__lt=cutoff).update(
+def close_abandoned_runs(*, now: datetime, exclude: int | None = None) -> int:
+    """Runs other than removals still "running" long after they started lost their worker
+    (SIGKILL, host down) and no worker of the same name came back to close them. Removal runs
+    stay open while their sessions are terminating: they are settled from those sessions."""
+    stale = _interrupted_runs().filter(started_at__lt=now - timedelta(seconds=ABANDONED_RUN_SECONDS))
+    if exclude is not None:
+        stale = stale.exclude(pk=exclude)
+    return stale.update(
         outcome=MaintenanceRun.Outcome.FAILED, finished_at=now, error="abandoned: did not finish within an hour (worker lost?)"
     )
 
@@ -451,37 +405,37 @@ def close_abandoned_runs(*, now: datetime) -> int:
 # --- history purge ----------------------------------------------------------------------------
 
 
-def purge_history(*, triggered_by: str = "beat", now: datetime | None = None) -> MaintenanceRun:
+def purge_history(*, triggered_by: str = "beat", now: datetime | None = None, worker: str = "") -> MaintenanceRun:
     """Delete ended/failed session rows (with their MCP client rows) and old run records past
     SESSIONADMIN_HISTORY_RETENTION_DAYS, and audit entries past SESSIONADMIN_AUDIT_RETENTION_DAYS
     when that is set (0, the default, keeps them forever).
 
+    Each chunk is deleted in a transaction that also writes its ``history_purged`` entry, so no
+    deletion exists without its record, even if the purge dies half-way.
+
     ``AuditEntry.delete()`` raises on purpose (the trail is append-only for the application);
     this is the one place that removes entries, with a QuerySet delete, which issues the SQL
-    DELETE without calling the model method. The purge writes its own audit entry."""
+    DELETE without calling the model method."""
     now = now or timezone.now()
-    run = start_run(HISTORY_PURGE, triggered_by=triggered_by, now=now)
+    run = start_run(HISTORY_PURGE, triggered_by=triggered_by, now=now, worker=worker)
     counts = {"sessions_purged": 0, "runs_purged": 0, "audit_entries_purged": 0}
     days = settings.SESSIONADMIN_HISTORY_RETENTION_DAYS
     audit_days = settings.SESSIONADMIN_AUDIT_RETENTION_DAYS
+    policy = {"history_days": days, "audit_days": audit_days}
     if days > 0:
         cutoff = now - timedelta(days=days)
         old = AgentSession.objects.filter(status__in=[AgentSession.Status.ENDED, AgentSession.Status.FAILED], ended_at__lt=cutoff)
-        counts["sessions_purged"] = _delete_in_chunks(old, AgentSession)
+        counts["sessions_purged"] = _delete_in_chunks(old, AgentSession, "sessions", policy)
         runs = MaintenanceRun.objects.filter(started_at__lt=cutoff).exclude(pk=run.pk)
-        counts["runs_purged"] = _delete_in_chunks(runs, MaintenanceRun)
+        counts["runs_purged"] = _delete_in_chunks(runs, MaintenanceRun, "runs", policy)
     if audit_days > 0:
         counts["audit_entries_purged"] = _delete_in_chunks(
-            AuditEntry.objects.filter(at__lt=now - timedelta(days=audit_days)), AuditEntry
-        )
-    with transaction.atomic():
-        audit.write(
-            [audit.entry("history_purged", actor=PURGE_ACTOR, details={**counts, "history_days": days, "audit_days": audit_days})]
+            AuditEntry.objects.filter(at__lt=now - timedelta(days=audit_days)), AuditEntry, "audit_entries", policy
         )
     return finish_run(run, counts=counts, report={"history_retention_days": days, "audit_retention_days": audit_days})
 
 
-def _delete_in_chunks(qs: Any, model: Any) -> int:
+def _delete_in_chunks(qs: Any, model: Any, what: str, policy: dict[str, int]) -> int:
     total = 0
     while True:
         ids = list(qs.values_list("pk", flat=True)[:PURGE_CHUNK])
@@ -490,17 +444,21 @@ def _delete_in_chunks(qs: Any, model: Any) -> int:
         with transaction.atomic():
             # QuerySet.delete: never Model.delete (which AuditEntry forbids).
             model.objects.filter(pk__in=ids).delete()
+            details = {"what": what, "count": len(ids), **policy}
+            if what == "sessions":
+                details["session_ids"] = [str(i) for i in ids]
+            audit.write([audit.entry("history_purged", actor=PURGE_ACTOR, details=details)])
         total += len(ids)
 
 
 # --- MCP health -------------------------------------------------------------------------------
 
 
-def run_mcp_health(*, triggered_by: str = "beat") -> MaintenanceRun:
+def run_mcp_health(*, triggered_by: str = "beat", worker: str = "") -> MaintenanceRun:
     """Call ``sessionadmin.mcp_services.health_pass()`` and record what it returns."""
     from sessionadmin import mcp_services
 
-    run = start_run(MCP_HEALTH, triggered_by=triggered_by)
+    run = start_run(MCP_HEALTH, triggered_by=triggered_by, worker=worker)
     health_pass = getattr(mcp_services, "health_pass", None)
     if health_pass is None:
         return finish_run(
@@ -549,8 +507,13 @@ def liveness(now: datetime | None = None) -> dict[str, Any]:
 # --- operators --------------------------------------------------------------------------------
 
 
+class BrokerUnavailable(Exception):
+    """The task could not be handed to the broker; nothing was queued."""
+
+
 def request_run(task: str, *, actor: str) -> None:
-    """ "Run now" from the dashboard: audited, enqueued once the audit row is committed."""
+    """ "Run now" from the dashboard: sent to the broker, then audited; a broker that refuses
+    raises BrokerUnavailable and audits nothing (nothing was queued)."""
     from sessionadmin import tasks
 
     by_name = {
@@ -561,6 +524,10 @@ def request_run(task: str, *, actor: str) -> None:
     }
     if task not in by_name:
         raise ValueError(f"unknown maintenance task {task!r}")
+    try:
+        by_name[task].apply_async(kwargs={"triggered_by": actor})
+    except Exception as exc:  # kombu raises transport-specific errors (and the URL may hold a password)
+        logger.warning("could not queue %s: %s", task, type(exc).__name__)
+        raise BrokerUnavailable("the task queue (broker) is unreachable, so nothing was queued; try again later") from exc
     with transaction.atomic():
         audit.write([audit.entry("maintenance_run_requested", actor=actor, details={"task": task})])
-        by_name[task].delay_on_commit(triggered_by=actor)

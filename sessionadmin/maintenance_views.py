@@ -50,6 +50,10 @@ def maintenance_run(request: HttpRequest) -> HttpResponse:
     if task not in maintenance.RUNNABLE_NOW:
         messages.error(request, "Unknown maintenance task.")
         return redirect("maintenance")
-    maintenance.request_run(task, actor=actor_of(request))
-    messages.success(request, f"{TASK_LABELS[task]} queued; its run appears below when a worker picks it up.")
+    try:
+        maintenance.request_run(task, actor=actor_of(request))
+    except maintenance.BrokerUnavailable as exc:
+        messages.error(request, f"{TASK_LABELS[task]} was not started: {exc}.")
+    else:
+        messages.success(request, f"{TASK_LABELS[task]} queued; its run appears below when a worker picks it up.")
     return redirect("maintenance")

@@ -25,8 +25,8 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from sessionadmin import audit, mcp_client
-from sessionadmin.manager import InvalidInput, MCPClientNotFound, SessionError, SessionManager, SessionNotFound, parse_session_id
+from sessionadmin import audit, lifecycle, mcp_client
+from sessionadmin.lifecycle import InvalidInput, MCPClientNotFound, SessionError, SessionNotFound, parse_session_id
 from sessionadmin.mcp_client import McpError, Target, ToolResult
 from sessionadmin.models import AgentSession, McpClient, McpServer
 from sessionadmin.secrets import SecretsError, decrypt_mapping, encrypt_mapping, masked_mapping
@@ -329,8 +329,8 @@ def add_client(
     now = timezone.now()
     with transaction.atomic():
         session = _active_session(session.id, lock=True)
-        McpClient.objects.filter(session_id=session.id, client_id=client_id, status=McpClient.Status.CLOSED).delete()
-        if McpClient.objects.filter(session_id=session.id, client_id=client_id).exists():
+        # Closed clients of the same id stay as the session's history.
+        if McpClient.objects.filter(session_id=session.id, client_id=client_id).exclude(status=McpClient.Status.CLOSED).exists():
             raise InvalidInput(f"client id {client_id!r} is already attached to this session")
         client = McpClient(
             session=session,
@@ -344,6 +344,8 @@ def add_client(
         )
         _apply_snapshot(client, snapshot, now)
         client.save(force_insert=True)
+        _rewrite_config(session)
+        lifecycle.touch(session_id=session.id)
         audit.write(
             [
                 audit.session_entry(
@@ -360,8 +362,6 @@ def add_client(
                 )
             ]
         )
-        _rewrite_config(session)
-        SessionManager().touch(session.id)
     return client
 
 
@@ -397,9 +397,9 @@ def remove_client(session_id: uuid.UUID | str, client_id: str, *, actor: str) ->
         client = _open_client(session.id, client_id, lock=True)
         client.status, client.closed_at = McpClient.Status.CLOSED, now
         client.save(update_fields=["status", "closed_at"])
-        audit.write([audit.session_entry("mcp_client_removed", session, actor, {"client_id": client.client_id})])
         _rewrite_config(session)
-        SessionManager().touch(session.id)
+        lifecycle.touch(session_id=session.id)
+        audit.write([audit.session_entry("mcp_client_removed", session, actor, {"client_id": client.client_id})])
     return client
 
 
@@ -465,7 +465,7 @@ def refresh_client(session_id: uuid.UUID | str, client_id: str, *, actor: str, t
         )
         if row.status != before:
             audit.write([_status_entry(session, row, actor, before, error)])
-    SessionManager().touch(session.id)
+    lifecycle.touch(session_id=session.id)
     return row
 
 
@@ -487,7 +487,7 @@ def call_tool(
         raise InvalidInput("tool arguments must be a JSON object")
     session = _active_session(session_id)
     client = _open_client(session.id, client_id)
-    SessionManager().touch(session.id)
+    lifecycle.touch(session_id=session.id)
     target = target_for(client, session)
     started = timezone.now()
     try:
@@ -584,6 +584,13 @@ def health_pass(
 
 
 # --- session cleanup ----------------------------------------------------------------------------
+
+
+def sessions_ended(session_ids: Sequence[str]) -> None:
+    """Called by ``lifecycle.end`` once sessions are marked terminating: nothing an agent or an
+    operator starts may reach their MCP servers any more. Every operation checks that its
+    session is active before it connects (``_active_session``) and connections last one
+    operation, so there is no connection to cut here; the worker records the clients closed."""
 
 
 def close_clients_of_sessions(session_ids: Sequence[uuid.UUID], *, actor: str) -> int:

@@ -16,7 +16,15 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from sessionadmin.validation import MAX_ID_LENGTH, validate_org_id_field
+from sessionadmin.validation import (
+    MAX_ID_LENGTH,
+    MAX_REASON_LENGTH,
+    validate_org_id_field,
+    validate_reason,
+    validate_text,
+    validate_user_id_field,
+    validate_variables,
+)
 
 
 class Org(models.Model):
@@ -137,7 +145,7 @@ class AgentSessionQuerySet(models.QuerySet["AgentSession"]):
 
     def for_dashboard(self) -> AgentSessionQuerySet:
         """List rows: the org (for its idle timeout) joined, the number of open MCP clients as
-        a correlated subquery (served by mcpclient_unique_per_session), big text fields left out."""
+        a correlated subquery (served by mcpclient_session_idx), big text fields left out."""
         from django.db.models import Count, OuterRef, Subquery
         from django.db.models.functions import Coalesce
 
@@ -179,26 +187,35 @@ class AgentSession(models.Model):
         FAILED = "failed", "Failed"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    user_id = models.CharField(max_length=MAX_ID_LENGTH)
+    user_id = models.CharField(max_length=MAX_ID_LENGTH, validators=[validate_user_id_field])
     org = models.ForeignKey(Org, on_delete=models.PROTECT, related_name="sessions")
+    # Where the workspace was created: removal uses this path (checked to end in
+    # {user_id}/{id}), never one rebuilt from today's SESSIONADMIN_WORKSPACE_ROOT.
     workspace_path = models.CharField(max_length=4096)
-    system_prompt = models.TextField(blank=True)
+    # The gateway (one per host holding workspaces) that serves this session's MCP clients.
+    gateway = models.CharField(max_length=200, blank=True)
+    system_prompt = models.TextField(blank=True, validators=[validate_text])
     # Which layers the prompt was composed from: [{"kind", "id", "name", "version", "sha256"}].
     prompt_provenance = models.JSONField(default=list, blank=True)
-    variables = models.JSONField(default=dict, blank=True)
+    variables = models.JSONField(default=dict, blank=True, validators=[validate_variables])
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.CharField(max_length=200, blank=True)
     last_active_at = models.DateTimeField(default=timezone.now)
     ended_at = models.DateTimeField(null=True, blank=True)
     ended_by = models.CharField(max_length=200, blank=True)
-    end_reason = models.CharField(max_length=500, blank=True)
+    end_reason = models.CharField(max_length=MAX_REASON_LENGTH, blank=True, validators=[validate_reason])
+    # The run record that tracks this session's removal (set when it is marked terminating).
+    cleanup_run = models.ForeignKey("MaintenanceRun", null=True, blank=True, on_delete=models.SET_NULL, related_name="sessions")
     # The last failure of the cleanup (workspace removal), shown while it is retried.
     last_error = models.TextField(blank=True)
     cleanup_attempts = models.PositiveIntegerField(default=0)
     pinned_until = models.DateTimeField(null=True, blank=True)
-    pin_reason = models.CharField(max_length=500, blank=True)
+    pin_reason = models.CharField(max_length=MAX_REASON_LENGTH, blank=True, validators=[validate_reason])
     pinned_by = models.CharField(max_length=200, blank=True)
+    # A lease renewed by the MCP gateway while a tool call is in flight: the inactivity cleanup
+    # never ends a session that is busy, however long ago its last heartbeat was.
+    busy_until = models.DateTimeField(null=True, blank=True)
 
     objects = AgentSessionQuerySet.as_manager()
 
@@ -253,18 +270,6 @@ class AgentSession(models.Model):
     def __str__(self) -> str:
         return f"{self.id} ({self.user_id}@{self.org_id}, {self.status})"
 
-    # --- the seed's Session API -----------------------------------------------------------
-    # The manager hands out model instances carrying a reference to itself, so that methods
-    # that change state go back through the same manager (and its audit logger).
-    _manager: Any = None
-
-    def _get_manager(self) -> Any:
-        if self._manager is None:
-            from sessionadmin.manager import SessionManager
-
-            self._manager = SessionManager()
-        return self._manager
-
     @property
     def short_id(self) -> str:
         return str(self.id)[:8]
@@ -273,8 +278,15 @@ class AgentSession(models.Model):
     def is_live(self) -> bool:
         return self.status in (self.Status.ACTIVE, self.Status.TERMINATING)
 
-    def update_system_prompt(self, prompt: str, *, actor: str | None = None) -> None:
-        self._get_manager().update_system_prompt(self, prompt, actor=actor)
+    # --- the seed's Session API -----------------------------------------------------------
+    # ``SessionManager`` binds itself to the sessions it hands out; the methods that change
+    # state go back through it (and its audit logger). The model knows no service module.
+    _manager: Any = None
+
+    def _bound(self) -> Any:
+        if self._manager is None:
+            raise RuntimeError("this session was not handed out by a SessionManager (use sessionadmin.manager)")
+        return self._manager
 
     def get_system_prompt(self) -> str:
         return self.system_prompt
@@ -282,27 +294,20 @@ class AgentSession(models.Model):
     def get_workspace_path(self) -> str:
         return self.workspace_path
 
-    # MCP clients (the seed's AddMCPClient/RemoveMCPClient/GetMCPClient/ListMCPClients), done
-    # by ``mcp_services``; an unknown client id raises ``manager.MCPClientNotFound``.
-    def add_mcp_client(self, server: Any = None, *, actor: str | None = None, **options: Any) -> McpClient:
-        from sessionadmin import mcp_services
+    def update_system_prompt(self, prompt: str, *, actor: str | None = None) -> None:
+        self._bound().update_system_prompt(self, prompt, actor=actor)
 
-        return mcp_services.add_client(self.id, server=server, actor=actor or "system", **options)
+    def add_mcp_client(self, server: Any = None, *, actor: str | None = None, **options: Any) -> McpClient:
+        return self._bound().add_mcp_client(self, server, actor=actor, **options)
 
     def remove_mcp_client(self, client_id: str, *, actor: str | None = None) -> McpClient:
-        from sessionadmin import mcp_services
-
-        return mcp_services.remove_client(self.id, client_id, actor=actor or "system")
+        return self._bound().remove_mcp_client(self, client_id, actor=actor)
 
     def get_mcp_client(self, client_id: str) -> McpClient:
-        from sessionadmin import mcp_services
-
-        return mcp_services.get_client(self.id, client_id)
+        return self._bound().get_mcp_client(self, client_id)
 
     def list_mcp_clients(self) -> list[McpClient]:
-        from sessionadmin import mcp_services
-
-        return mcp_services.list_clients(self.id)
+        return self._bound().list_mcp_clients(self)
 
     def get_session_info(self) -> dict[str, Any]:
         return {
@@ -442,11 +447,17 @@ class McpClient(models.Model):
         ordering = ["session", "client_id"]
         verbose_name = "MCP client"
         constraints = [
-            models.UniqueConstraint(fields=["session", "client_id"], name="mcpclient_unique_per_session"),
+            # One open client per id in a session; closed ones stay as its history, so the same
+            # id can be attached again.
+            models.UniqueConstraint(
+                fields=["session", "client_id"], condition=~Q(status="closed"), name="mcpclient_open_unique_per_session"
+            ),
         ]
         indexes = [
             # Health pass: open clients of active sessions.
             models.Index(fields=["status", "session"], name="mcpclient_status_session_idx"),
+            # The session page's client list (open and closed) and the dashboard's MCP count.
+            models.Index(fields=["session", "client_id"], name="mcpclient_session_idx"),
         ]
 
     def __str__(self) -> str:
@@ -467,6 +478,9 @@ class MaintenanceRun(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     outcome = models.CharField(max_length=16, choices=Outcome.choices, default=Outcome.RUNNING)
     triggered_by = models.CharField(max_length=200, blank=True)
+    # The Celery worker (hostname) that runs it: a worker that starts again under the same name
+    # closes the runs it left open when it died.
+    worker = models.CharField(max_length=200, blank=True)
     # {"sessions_ended": n, "directories_removed": n, "errors": n, ...}
     counts = models.JSONField(default=dict, blank=True)
     session_ids = models.JSONField(default=list, blank=True)

@@ -29,7 +29,7 @@ _OPERATOR_EXTRA = [
 
 
 def ensure_roles(**_: Any) -> None:
-    from sessionadmin.manager import ensure_limit_row
+    from sessionadmin.lifecycle import ensure_limit_row
 
     ensure_limit_row()
     view = [f"view_{m}" for m in _VIEW_MODELS]

@@ -219,6 +219,9 @@ SESSIONADMIN_AUDIT_RETENTION_DAYS = env_int("SESSIONADMIN_AUDIT_RETENTION_DAYS",
 # Workspace directories with no live session are removed once older than this.
 SESSIONADMIN_ORPHAN_GRACE_SECONDS = env_int("SESSIONADMIN_ORPHAN_GRACE_SECONDS", 3600)
 SESSIONADMIN_CLEANUP_BATCH_SIZE = env_int("SESSIONADMIN_CLEANUP_BATCH_SIZE", 500)
+# The gateway that serves the sessions created here (one per host holding workspaces),
+# recorded on each session.
+SESSIONADMIN_GATEWAY_NAME = env_str("SESSIONADMIN_GATEWAY_NAME", "local")
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_DIR = VAR_DIR / "celery" / "broker"

@@ -13,10 +13,8 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from sessionadmin import maintenance
-from sessionadmin.manager import INACTIVITY_ACTOR, WorkspaceRemovalError
-
-CLEANUP_ACTOR = "system:workspace-removal"
+from sessionadmin import lifecycle, maintenance
+from sessionadmin.lifecycle import INACTIVITY_ACTOR, WorkspaceRemovalError
 
 REMOVAL_POLICY: dict[str, Any] = {
     "bind": True,
@@ -32,43 +30,47 @@ REMOVAL_POLICY: dict[str, Any] = {
 
 
 @shared_task(**REMOVAL_POLICY)
-def remove_workspace(self: Any, session_id: str, actor: str = CLEANUP_ACTOR) -> bool:
-    """Second half of a cleanup for one terminating session: close MCP clients, remove the
-    workspace, mark ended. A second delivery finds the session ended and does nothing. A
-    failure is recorded on the session (last_error) and in the audit trail, then retried."""
-    return bool(maintenance.remove_one(session_id, actor=actor).ended)
+def remove_workspaces(self: Any, session_ids: list[str], actor: str = INACTIVITY_ACTOR, **_: Any) -> int:
+    """The worker's half of ending sessions (``lifecycle.finish``): close MCP clients, remove
+    the workspaces, mark ended, settle the run record. A second delivery finds the sessions
+    ended and does nothing. Failures are recorded on the sessions and in the audit trail, then
+    retried (the task raises so that Celery's retry policy applies). Extra keyword arguments
+    (``run_id``, ``batch``) of messages queued by earlier versions are ignored: the run is
+    found from the sessions now."""
+    result = lifecycle.finish(session_ids=session_ids, actor=actor)
+    if result.failed:
+        raise WorkspaceRemovalError(
+            f"{len(result.failed)} workspace(s) could not be removed: " + next(iter(result.failed.values()))
+        )
+    return len(result.ended)
 
 
-@shared_task(**REMOVAL_POLICY)
-def remove_workspaces(
-    self: Any, session_ids: list[str], run_id: int | None = None, batch: int | None = None, actor: str = INACTIVITY_ACTOR
+@shared_task(bind=True, acks_late=True, soft_time_limit=600, time_limit=660)
+def inactivity_cleanup(
+    self: Any, idle_timeout_seconds: int | None = None, batch_size: int | None = None, triggered_by: str = "beat"
 ) -> int:
-    """The same for a batch of terminating sessions (the inactivity cleanup enqueues one per
-    batch); adds its counts to the cleanup's run record."""
-    return len(maintenance.remove_batch(session_ids, run_id=run_id, batch=batch, actor=actor).ended)
-
-
-@shared_task(acks_late=True, soft_time_limit=600, time_limit=660)
-def inactivity_cleanup(idle_timeout_seconds: int | None = None, batch_size: int | None = None, triggered_by: str = "beat") -> int:
     run = maintenance.run_inactivity_cleanup(
-        triggered_by=triggered_by, idle_timeout_seconds=idle_timeout_seconds, batch_size=batch_size
+        triggered_by=triggered_by,
+        idle_timeout_seconds=idle_timeout_seconds,
+        batch_size=batch_size,
+        worker=self.request.hostname or "",
     )
     return run.pk
 
 
-@shared_task(acks_late=True, soft_time_limit=900, time_limit=960)
-def reconcile_workspaces(triggered_by: str = "beat") -> int:
-    return maintenance.reconcile(triggered_by=triggered_by).pk
+@shared_task(bind=True, acks_late=True, soft_time_limit=900, time_limit=960)
+def reconcile_workspaces(self: Any, triggered_by: str = "beat") -> int:
+    return maintenance.reconcile(triggered_by=triggered_by, worker=self.request.hostname or "").pk
 
 
-@shared_task(acks_late=True, soft_time_limit=900, time_limit=960)
-def purge_history(triggered_by: str = "beat") -> int:
-    return maintenance.purge_history(triggered_by=triggered_by).pk
+@shared_task(bind=True, acks_late=True, soft_time_limit=900, time_limit=960)
+def purge_history(self: Any, triggered_by: str = "beat") -> int:
+    return maintenance.purge_history(triggered_by=triggered_by, worker=self.request.hostname or "").pk
 
 
-@shared_task(acks_late=True, soft_time_limit=50, time_limit=55)
-def mcp_health(triggered_by: str = "beat") -> int:
-    return maintenance.run_mcp_health(triggered_by=triggered_by).pk
+@shared_task(bind=True, acks_late=True, soft_time_limit=50, time_limit=55)
+def mcp_health(self: Any, triggered_by: str = "beat") -> int:
+    return maintenance.run_mcp_health(triggered_by=triggered_by, worker=self.request.hostname or "").pk
 
 
 @shared_task(bind=True, acks_late=True, soft_time_limit=10, time_limit=15)

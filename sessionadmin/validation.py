@@ -7,6 +7,7 @@ path (whitespace, NUL, backslash) or look different on screen (non-ASCII) is ref
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -19,6 +20,33 @@ _VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}", re.ASCII)
 MAX_VARIABLES = 32
 MAX_VARIABLE_VALUE_LENGTH = 4096
 RESERVED_VARIABLES = frozenset({"user_id", "org_id", "session_id"})
+# Why a session ended or was pinned, as operators, tokens and the idle cleanup give it.
+MAX_REASON_LENGTH = 500
+
+
+def text_problem(value: str) -> str | None:
+    """Why free text cannot be stored, or None: a NUL (PostgreSQL refuses it in text and JSON)
+    or a lone surrogate (not encodable as UTF-8, so no database takes it)."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (no lone surrogates)"
+    return None
+
+
+def validate_text(value: str) -> None:
+    """Django field validator: the model-level twin of ``text_problem``."""
+    problem = text_problem(value)
+    if problem:
+        raise ValidationError(f"This text {problem}.", code="invalid_text")
+
+
+def validate_reason(value: str) -> None:
+    if len(value) > MAX_REASON_LENGTH:
+        raise ValidationError(f"A reason is at most {MAX_REASON_LENGTH} characters.", code="too_long")
+    validate_text(value)
 
 
 def id_problem(value: object) -> str | None:
@@ -69,9 +97,21 @@ def variables_problem(variables: object) -> str | None:
         # bool is an int subclass, so true/false pass here too.
         if not isinstance(value, (str, int, float)):
             return f"variable {name!r} must be a string, a number or a boolean"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"variable {name!r} must be a finite number"
         if len(str(value)) > MAX_VARIABLE_VALUE_LENGTH:
             return f"variable {name!r} is longer than {MAX_VARIABLE_VALUE_LENGTH} characters"
+        problem = text_problem(value) if isinstance(value, str) else None
+        if problem:
+            return f"variable {name!r} {problem}"
     return None
+
+
+def validate_variables(value: object) -> None:
+    """Django field validator of AgentSession.variables."""
+    problem = variables_problem(value)
+    if problem:
+        raise ValidationError(f"Invalid variables: {problem}.", code="invalid_variables")
 
 
 def clean_variables(variables: dict[str, Any] | None) -> dict[str, str]:

@@ -6,7 +6,7 @@ without the view permission gets 403 on pages and 404 on any session; a viewer's
 
 Each page renders one template; htmx requests get one of its inline partials
 (``page.html#name``), chosen by the id of the element that asked (``HX-Target``). Viewing is
-not activity: sessions are read with querysets here, never with ``SessionManager.get_session``.
+not activity: sessions are read with querysets here, never with ``SessionManager.get_session`` (which counts as activity).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
-from sessionadmin import services
+from sessionadmin import lifecycle, services
 from sessionadmin.forms import (
     SORTS,
     STATUS_FILTERS,
@@ -43,16 +43,14 @@ from sessionadmin.forms import (
     SessionFilterForm,
     initial_pin_until,
 )
-from sessionadmin.manager import (
+from sessionadmin.lifecycle import (
     InvalidInput,
     InvalidOrgID,
     InvalidUserID,
     MaxSessionsReached,
     SessionError,
-    SessionManager,
     SessionNotFound,
     WorkspaceCreationError,
-    WorkspaceRemovalError,
 )
 from sessionadmin.models import AgentSession, AuditEntry, Org, PromptLayer
 from sessionadmin.roles import OPERATE_PERMISSION
@@ -281,22 +279,24 @@ def session_bulk_kill(request: HttpRequest) -> HttpResponse:
                 messages.error(request, f"Nothing was killed: {error}")
         return _done(request, back)
     try:
-        marked, result = SessionManager().kill_sessions(
-            form.cleaned_data["ids"], actor=actor_of(request), reason=form.cleaned_data["reason"]
-        )
+        ended = lifecycle.end(session_ids=form.cleaned_data["ids"], actor=actor_of(request), reason=form.cleaned_data["reason"])
     except InvalidInput as exc:
         messages.error(request, f"Nothing was killed: {exc}")
         return _done(request, back)
-    skipped = len(form.cleaned_data["ids"]) - marked
-    if result.ended:
-        messages.success(request, f"Ended {len(result.ended)} session{'s' if len(result.ended) != 1 else ''}.")
-    if result.failed:
-        messages.error(
-            request, f"{len(result.failed)} workspace(s) could not be removed; those sessions stay terminating (see their pages)."
-        )
-    if skipped:
-        messages.warning(request, f"{skipped} selected session(s) were not active any more and were left alone.")
+    _report_ended(request, ended, asked=len(form.cleaned_data["ids"]))
     return _done(request, back)
+
+
+def _report_ended(request: HttpRequest, ended: lifecycle.Ended, *, asked: int) -> None:
+    count = len(ended.sessions)
+    if count:
+        what = f"{count} session{'s are' if count != 1 else ' is'} terminating"
+        if ended.enqueued is False:
+            messages.warning(request, f"{what}, but the task queue is unreachable: the maintenance will remove the workspaces.")
+        else:
+            messages.success(request, f"{what}; the workers are removing the workspace{'s' if count != 1 else ''}.")
+    if asked - count:
+        messages.warning(request, f"{asked - count} selected session(s) were not active any more and were left alone.")
 
 
 # --- create ------------------------------------------------------------------------------------
@@ -309,8 +309,8 @@ def session_create(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
-            session = SessionManager().create_session(
-                data["user_id"], data["org"], actor=actor_of(request), variables=data["variables"] or None
+            session = lifecycle.create(
+                user_id=data["user_id"], org_id=data["org"], actor=actor_of(request), variables=data["variables"] or None
             )
         except InvalidOrgID as exc:
             form.add_error("org", str(exc))
@@ -403,16 +403,17 @@ def session_kill(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
     if not form.is_valid():
         return _invalid(request, session, "kill-form", kill_form=form)
     try:
-        SessionManager().cleanup_session(session.id, actor=actor_of(request), reason=form.cleaned_data["reason"])
-    except SessionNotFound:
-        messages.error(request, "This session has already ended.")
-    except WorkspaceRemovalError as exc:
-        messages.error(request, f"The workspace could not be removed, so the session stays terminating: {exc}")
+        ended = lifecycle.end(session_ids=[session.id], actor=actor_of(request), reason=form.cleaned_data["reason"])
     except InvalidInput as exc:
         form.add_error("reason", str(exc))
         return _invalid(request, session, "kill-form", kill_form=form)
+    if ended.sessions:
+        _report_ended(request, ended, asked=1)
+    elif session.status == AgentSession.Status.TERMINATING:
+        lifecycle.retry_removal(session_ids=[session.id])
+        messages.info(request, "This session is already terminating; its removal was queued again.")
     else:
-        messages.success(request, "Session ended.")
+        messages.error(request, "This session has already ended.")
     return _done(request, reverse("session_detail", args=[session.id]))
 
 
@@ -420,16 +421,15 @@ def session_kill(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
 def session_pin(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
     """Pin against idle cleanup until a time (``unpin`` in the POST removes the pin)."""
     session = get_session_for(request, session_id, act=True)
-    manager = SessionManager()
     actor = actor_of(request)
     form = PinForm(request.POST)
     try:
         if "unpin" in request.POST:
-            session = manager.unpin_session(session.id, actor=actor)
+            session = lifecycle.unpin(session_id=session.id, actor=actor)
             notice = "Pin removed."
         elif form.is_valid():
-            session = manager.pin_session(
-                session.id, until=form.cleaned_data["until"], reason=form.cleaned_data["reason"], actor=actor
+            session = lifecycle.pin(
+                session_id=session.id, until=form.cleaned_data["until"], reason=form.cleaned_data["reason"], actor=actor
             )
             notice = f"Pinned until {timezone.localtime(form.cleaned_data['until']):%Y-%m-%d %H:%M %Z}."
         else:
@@ -461,7 +461,7 @@ def session_prompt(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
     form = PromptForm(request.POST)
     if form.is_valid():
         try:
-            SessionManager().update_system_prompt(session.id, form.cleaned_data["prompt"], actor=actor_of(request))
+            lifecycle.update_prompt(session_id=session.id, prompt=form.cleaned_data["prompt"], actor=actor_of(request))
         except SessionNotFound:
             form.add_error(None, "Only active sessions can have their prompt edited.")
         except InvalidInput as exc:

@@ -73,6 +73,17 @@ def _ensure_user_dir(root_fd: int, user_id: str) -> None:
         _chmod_dir_nofollow(user_id, root_fd)
 
 
+def _make_session_dir(root_fd: int, user_id: str, session_id: str) -> None:
+    _ensure_user_dir(root_fd, user_id)
+    with _open_dir(user_id, dir_fd=root_fd) as user_fd:
+        os.mkdir(session_id, WORKSPACE_MODE, dir_fd=user_fd)
+        try:
+            _chmod_dir_nofollow(session_id, user_fd)
+        except OSError:
+            os.rmdir(session_id, dir_fd=user_fd)
+            raise
+
+
 def create_workspace(root: Path | str, user_id: str, session_id: str) -> Path:
     """Create the session's directory (and its user directory), both 0700 whatever the umask.
 
@@ -83,14 +94,12 @@ def create_workspace(root: Path | str, user_id: str, session_id: str) -> Path:
     try:
         root_path.mkdir(mode=WORKSPACE_MODE, parents=True, exist_ok=True)
         with _open_dir(root_path) as root_fd:
-            _ensure_user_dir(root_fd, user_id)
-            with _open_dir(user_id, dir_fd=root_fd) as user_fd:
-                os.mkdir(str(session_id), WORKSPACE_MODE, dir_fd=user_fd)
-                try:
-                    _chmod_dir_nofollow(str(session_id), user_fd)
-                except OSError:
-                    os.rmdir(str(session_id), dir_fd=user_fd)
-                    raise
+            try:
+                _make_session_dir(root_fd, user_id, str(session_id))
+            except FileNotFoundError:
+                # The user directory was pruned (its last session ended) between our mkdir
+                # and the session's: make it again, once.
+                _make_session_dir(root_fd, user_id, str(session_id))
     except FileExistsError as exc:
         raise WorkspaceError(f"workspace path already exists (not reused or followed): {exc.filename or session_id}") from exc
     except WorkspaceError:
@@ -100,10 +109,12 @@ def create_workspace(root: Path | str, user_id: str, session_id: str) -> Path:
     return root_path / user_id / str(session_id)
 
 
-def remove_workspace(root: Path | str, user_id: str, session_id: str) -> bool:
+def remove_workspace(root: Path | str, user_id: str, session_id: str, *, prune_user_dir: bool = False) -> bool:
     """Remove the session's directory tree. True if something was removed, False if it was
     already gone (so a second call is a no-op). Never follows a symlink: a link planted at the
-    session path is unlinked itself, links inside the tree are removed as links.
+    session path is unlinked itself, links inside the tree are removed as links. Entries that
+    vanish while the tree is walked (another worker removing the same tree) are not errors:
+    absence is the goal. With ``prune_user_dir`` the user directory goes too once empty.
 
     Raises WorkspaceError with the first failure.
     """
@@ -117,17 +128,12 @@ def remove_workspace(root: Path | str, user_id: str, session_id: str) -> bool:
             except FileNotFoundError:
                 return False
             try:
-                try:
-                    st = os.stat(sid, dir_fd=user_fd, follow_symlinks=False)
-                except FileNotFoundError:
-                    return False
-                if stat.S_ISDIR(st.st_mode):
-                    shutil.rmtree(sid, dir_fd=user_fd)
-                else:
-                    os.unlink(sid, dir_fd=user_fd)
-                return True
+                removed = _remove_entry(sid, user_fd)
             finally:
                 os.close(user_fd)
+            if prune_user_dir:
+                _rmdir_if_empty(user_id, root_fd)
+            return removed
     except FileNotFoundError as exc:
         if exc.filename in (None, str(root_path)):
             return False
@@ -135,6 +141,46 @@ def remove_workspace(root: Path | str, user_id: str, session_id: str) -> bool:
     except OSError as exc:
         where = exc.filename or (root_path / user_id / sid)
         raise WorkspaceError(f"cannot remove workspace {root_path / user_id / sid}: {exc.strerror or exc} ({where})") from exc
+
+
+def _remove_entry(name: str, dir_fd: int) -> bool:
+    try:
+        st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            shutil.rmtree(name, dir_fd=dir_fd, onerror=_ignore_vanished)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def _ignore_vanished(function: object, path: str, exc_info: tuple[type[BaseException], BaseException, object]) -> None:
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
+
+
+def _rmdir_if_empty(name: str, dir_fd: int) -> None:
+    # A create for the same user may be filling it again right now: rmdir refuses a non-empty
+    # directory, and create_workspace retries once if the directory vanished under it.
+    try:
+        os.rmdir(name, dir_fd=dir_fd)
+    except OSError:
+        pass
+
+
+def remove_session_workspace(path: Path | str, *, user_id: str, session_id: str) -> bool:
+    """Remove a session's workspace at the path stored on the session (not rebuilt from the
+    current root, which may have changed since). The path must be the session's own
+    ``{root}/{user_id}/{session_id}``: anything else is refused rather than removed. The
+    user directory is removed too once it is empty."""
+    stored = Path(path)
+    if not stored.is_absolute() or stored.name != str(session_id) or stored.parent.name != user_id:
+        raise WorkspaceError(f"refusing to remove {str(path)[:300]!r}: not the workspace of session {session_id} of {user_id!r}")
+    return remove_workspace(stored.parent.parent, user_id, str(session_id), prune_user_dir=True)
 
 
 @dataclass(frozen=True)

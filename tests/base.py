@@ -50,7 +50,7 @@ class WorkspaceRootMixin:
 
     def manager(self, **kwargs: Any) -> SessionManager:
         kwargs.setdefault("max_concurrent", 0)
-        return SessionManager(self.workspace_root, **kwargs)
+        return SessionManager(kwargs.pop("workspace_root", self.workspace_root), **kwargs)
 
 
 def make_personas(test: Any) -> None:

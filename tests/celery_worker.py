@@ -64,6 +64,54 @@ def use_broker(*, url: str, options: dict[str, Any], queue: str) -> Callable[[],
     return lambda: apply(saved)
 
 
+def dead_broker_url() -> str:
+    """A Redis URL on a loopback port nothing listens on: a real broker that is down."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+class QueueProbe:
+    """A real broker with no worker: kombu's filesystem transport in a temporary folder, so a
+    test can read what was sent (task name, args, kwargs) instead of mocking ``apply_async``.
+
+        probe = QueueProbe(); self.addCleanup(probe.close)
+        ...
+        probe.messages()  # [("sessionadmin.tasks.remove_workspaces", [[ids]], {"actor": ...})]
+    """
+
+    def __init__(self) -> None:
+        import base64
+        import json
+
+        self._b64, self._json = base64, json
+        self.folder = Path(tempfile.mkdtemp(prefix="sessionadmin-queue-"))
+        for name in ("queue", "control", "processed"):
+            (self.folder / name).mkdir()
+        options = {
+            "data_folder_in": str(self.folder / "queue"),
+            "data_folder_out": str(self.folder / "queue"),
+            "control_folder": str(self.folder / "control"),
+            "processed_folder": str(self.folder / "processed"),
+        }
+        self._undo = use_broker(url="filesystem://", options=options, queue=f"probe-{uuid.uuid4().hex[:8]}")
+
+    def messages(self) -> list[tuple[str, list[Any], dict[str, Any]]]:
+        out = []
+        for path in sorted((self.folder / "queue").iterdir(), key=lambda p: p.stat().st_mtime_ns):
+            message = self._json.loads(path.read_text())
+            args, kwargs, _ = self._json.loads(self._b64.b64decode(message["body"]))
+            out.append((message["headers"]["task"], args, kwargs))
+        return out
+
+    def close(self) -> None:
+        self._undo()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def wait_for(condition: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.1, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -197,10 +245,10 @@ def _install_faults() -> None:
 
     original = workspaces.remove_workspace
 
-    def remove_workspace(root: Path | str, user_id: str, session_id: str) -> bool:
+    def remove_workspace(root: Path | str, user_id: str, session_id: str, **options: Any) -> bool:
         if user_id == faults.get("fail_user"):
             raise workspaces.WorkspaceError(f"cannot remove workspace {root}/{user_id}/{session_id}: Operation not permitted")
-        removed = original(root, user_id, session_id)
+        removed = original(root, user_id, session_id, **options)
         if user_id == faults.get("hang_user"):
             Path(faults["hang_marker"]).write_text(session_id)
             time.sleep(3600)  # SIGKILLed by the test

@@ -127,12 +127,16 @@ class SessionAdminTestCase(BaseTestCase):
         self.assertEqual(AgentSession.objects.get(pk=self.session.pk).status, "active")
         self.assertEqual(self.client.get(reverse("admin:sessionadmin_agentsession_add")).status_code, 403)
 
-    def test_it_kills_through_the_manager_for_operators(self) -> None:
+    def test_it_ends_through_the_lifecycle_for_operators(self) -> None:
         self.client.force_login(self.alice)
-        self.client.post(self.changelist, {"action": "kill_sessions", "_selected_action": [str(self.session.pk)]})
+        with self.captureOnCommitCallbacks(execute=False) as callbacks:
+            self.client.post(self.changelist, {"action": "kill_sessions", "_selected_action": [str(self.session.pk)]})
         row = AgentSession.objects.get(pk=self.session.pk)
-        self.assertEqual((row.status, row.ended_by, row.end_reason), ("ended", "alice", "killed from the admin"))
-        self.assertTrue(AuditEntry.objects.filter(event_type="session_cleaned_up", session_id=self.session.pk).exists())
+        # Marked now; the workspace is removed by a worker (the removal is sent on commit).
+        self.assertEqual((row.status, row.ended_by, row.end_reason), ("terminating", "alice", "killed from the admin"))
+        self.assertTrue(AuditEntry.objects.filter(event_type="session_terminating", session_id=self.session.pk).exists())
+        self.assertEqual(row.cleanup_run.task, "workspace_removal")
+        self.assertTrue(callbacks)
 
     def test_it_offers_viewers_no_kill_action(self) -> None:
         self.client.force_login(self.bob)

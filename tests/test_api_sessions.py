@@ -11,6 +11,7 @@ from sessionadmin.api import MAX_BODY_BYTES
 from sessionadmin.models import AgentSession, AuditEntry
 from sessionadmin.workspaces import WorkspaceError
 from tests.api_base import ApiTestCase
+from tests.celery_worker import QueueProbe
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -216,13 +217,18 @@ class GetSessionTestCase(ApiTestCase):
 class DeleteSessionTestCase(ApiTestCase):
     def test_it_marks_terminating_and_enqueues_removal_after_commit(self) -> None:
         session = self.create()
+        probe = QueueProbe()
+        self.addCleanup(probe.close)
         with self.captureOnCommitCallbacks(execute=False) as callbacks:
             r = self.api("DELETE", f"/api/v1/sessions/{session.id}", {"reason": "runtime finished"})
+            self.assertEqual(probe.messages(), [])  # nothing leaves before the commit
         self.assertEqual(r.status_code, 202)
         self.assertEqual(r.json(), {"id": str(session.id), "status": "terminating", "cleanup": "enqueued"})
-        self.assertEqual(len(callbacks), 1)
-        self.assertEqual(callbacks[0].func.__self__.name, "sessionadmin.tasks.remove_workspace")  # type: ignore[attr-defined]
-        self.assertEqual(callbacks[0].args, (str(session.id),))  # type: ignore[attr-defined]
+        for callback in callbacks:
+            callback()
+        self.assertEqual(
+            probe.messages(), [("sessionadmin.tasks.remove_workspaces", [[str(session.id)]], {"actor": "token:acme-runtime"})]
+        )
         session.refresh_from_db()
         self.assertEqual(
             (session.status, session.ended_by, session.end_reason), ("terminating", "token:acme-runtime", "runtime finished")

@@ -12,9 +12,10 @@ from pathlib import Path
 import time_machine
 from django.test import override_settings
 
-from sessionadmin import maintenance
+from sessionadmin import lifecycle, maintenance
 from sessionadmin.models import AgentSession, AuditEntry, MaintenanceRun, McpClient, Org, ServiceHeartbeat
 from tests.base import BaseTestCase
+from tests.celery_worker import QueueProbe
 
 NOW = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 
@@ -52,7 +53,8 @@ class InactivityCleanupTestCase(MaintenanceTestCase):
         self.assertEqual(run.counts, {"sessions_marked": 2, "sessions_ended": 2, "directories_removed": 2, "errors": 0})
         # Oldest activity first.
         self.assertEqual(run.session_ids, [str(idle.id), str(org_idle.id)])
-        self.assertEqual(run.report["batches_done"], [0, 1])
+        self.assertEqual(run.report, {"threshold_seconds": 3600})
+        self.assertEqual(set(AgentSession.objects.filter(cleanup_run=run).values_list("pk", flat=True)), {idle.pk, org_idle.pk})
         ended = AgentSession.objects.get(pk=idle.pk)
         self.assertEqual((ended.ended_by, ended.end_reason), ("system:inactivity-cleanup", "idle"))
 
@@ -60,14 +62,21 @@ class InactivityCleanupTestCase(MaintenanceTestCase):
         for i in range(5):
             self.idle_session(f"user-{i}", idle=timedelta(hours=2))
 
-        with time_machine.travel(NOW, tick=False), self.captureOnCommitCallbacks() as callbacks:
+        probe = QueueProbe()
+        self.addCleanup(probe.close)
+        with time_machine.travel(NOW, tick=False), self.captureOnCommitCallbacks(execute=True):
             run = maintenance.run_inactivity_cleanup(idle_timeout_seconds=3600, batch_size=2)
 
-        self.assertEqual(len(callbacks), 3)
+        sent = probe.messages()
+        self.assertEqual([(task, len(args[0]), kwargs) for task, args, kwargs in sent], [
+            ("sessionadmin.tasks.remove_workspaces", 2, {"actor": "system:inactivity-cleanup"}),
+            ("sessionadmin.tasks.remove_workspaces", 2, {"actor": "system:inactivity-cleanup"}),
+            ("sessionadmin.tasks.remove_workspaces", 1, {"actor": "system:inactivity-cleanup"}),
+        ])  # fmt: skip
         run.refresh_from_db()
         self.assertEqual(run.outcome, "running")
-        self.assertEqual(run.report["batches_total"], 3)
-        self.assertEqual(AgentSession.objects.filter(status="terminating").count(), 5)
+        self.assertEqual(run.counts["sessions_marked"], 5)
+        self.assertEqual(AgentSession.objects.filter(status="terminating", cleanup_run=run).count(), 5)
 
     def test_it_finishes_the_run_when_the_last_batch_reports_twice(self) -> None:
         a = self.idle_session("user-a", idle=timedelta(hours=2))
@@ -75,14 +84,17 @@ class InactivityCleanupTestCase(MaintenanceTestCase):
         with time_machine.travel(NOW, tick=False), self.captureOnCommitCallbacks():
             run = maintenance.run_inactivity_cleanup(idle_timeout_seconds=3600, batch_size=1)
 
-        maintenance.remove_batch([str(a.id)], run_id=run.pk, batch=0)
-        maintenance.remove_batch([str(b.id)], run_id=run.pk, batch=1)
-        maintenance.remove_batch([str(b.id)], run_id=run.pk, batch=1)  # a redelivery
+        lifecycle.finish(session_ids=[a.id], actor="system:inactivity-cleanup")
+        run.refresh_from_db()
+        self.assertEqual((run.outcome, run.counts["sessions_ended"]), ("running", 1))
+        lifecycle.finish(session_ids=[b.id], actor="system:inactivity-cleanup")
+        lifecycle.finish(session_ids=[b.id, a.id], actor="system:inactivity-cleanup")  # a redelivery
 
         run.refresh_from_db()
         self.assertEqual(run.outcome, "ok")
         self.assertEqual(run.counts["sessions_ended"], 2)
         self.assertEqual(AuditEntry.objects.filter(event_type="session_cleaned_up").count(), 2)
+        self.assertFalse(AuditEntry.objects.filter(event_type="workspace_removal_failed").exists())
 
     def test_it_takes_the_threshold_from_the_periodic_task_kwargs(self) -> None:
         from django_celery_beat.models import IntervalSchedule, PeriodicTask
@@ -147,7 +159,7 @@ class ReconcileTestCase(MaintenanceTestCase):
         missing = self.manager().create_session("user-2", "acme")
         shutil.rmtree(missing.workspace_path)
         stuck = self.manager().create_session("user-3", "acme")
-        self.manager().begin_cleanup(stuck.id, actor="alice")
+        lifecycle.end(session_ids=[stuck.id], actor="alice", reason="", enqueue=False)
         old_orphan = self.orphan("user-9", "0b6f5a6e-1111-4222-8333-444455556666", age=7200)
         new_orphan = self.orphan("user-1", "1b6f5a6e-1111-4222-8333-444455556666", age=10)
         os.symlink(self.outside, self.workspace_root / "user-1" / "2b6f5a6e-1111-4222-8333-444455556666")
@@ -155,7 +167,9 @@ class ReconcileTestCase(MaintenanceTestCase):
         os.chmod(self.outside, 0o755)
         outside_mode = 0o755
 
-        with self.captureOnCommitCallbacks() as callbacks:
+        probe = QueueProbe()
+        self.addCleanup(probe.close)
+        with self.captureOnCommitCallbacks(execute=True):
             run = maintenance.reconcile(triggered_by="alice")
 
         self.assertEqual(run.outcome, "ok")
@@ -176,7 +190,11 @@ class ReconcileTestCase(MaintenanceTestCase):
         self.assertEqual(sorted(run.report["unexpected"]), [
             "linked-user (symlink; left alone)", "user-1/2b6f5a6e-1111-4222-8333-444455556666 (symlink; left alone)",
         ])  # fmt: skip
-        self.assertEqual(len(callbacks), 1)  # the stuck removal, enqueued again
+        # The stuck removal, enqueued again.
+        self.assertEqual(
+            probe.messages(),
+            [("sessionadmin.tasks.remove_workspaces", [[str(stuck.id)]], {"actor": "system:inactivity-cleanup"})],
+        )
         self.assertEqual(self.status(live), "active")
         removed = AuditEntry.objects.get(event_type="orphan_workspaces_removed")
         self.assertEqual(removed.details, {"count": 1, "paths": ["user-9/0b6f5a6e-1111-4222-8333-444455556666"]})
@@ -204,6 +222,7 @@ class PurgeTestCase(MaintenanceTestCase):
         McpClient.objects.create(session=old, client_id="fs", transport="stdio")
         recent = self.ended_session("user-2", ended_days_ago=29)
         active = self.manager().create_session("user-3", "acme")
+        MaintenanceRun.objects.update(started_at=NOW - timedelta(days=40))
         entries = AuditEntry.objects.count()
 
         with time_machine.travel(NOW, tick=False):
@@ -211,9 +230,15 @@ class PurgeTestCase(MaintenanceTestCase):
 
         self.assertEqual(set(AgentSession.objects.values_list("pk", flat=True)), {recent.pk, active.pk})
         self.assertFalse(McpClient.objects.exists())
-        self.assertEqual(run.counts, {"sessions_purged": 1, "runs_purged": 0, "audit_entries_purged": 0})
-        self.assertEqual(AuditEntry.objects.count(), entries + 1)
-        self.assertEqual(AuditEntry.objects.latest("id").event_type, "history_purged")
+        self.assertEqual(run.counts, {"sessions_purged": 1, "runs_purged": 2, "audit_entries_purged": 0})
+        # One entry per deleted chunk, written with it: what was deleted, and which sessions.
+        purged = list(AuditEntry.objects.filter(pk__gt=0).order_by("-id")[:2])
+        self.assertEqual(AuditEntry.objects.count(), entries + 2)
+        self.assertEqual([e.event_type for e in purged], ["history_purged", "history_purged"])
+        self.assertEqual(
+            purged[1].details, {"what": "sessions", "count": 1, "history_days": 30, "audit_days": 0, "session_ids": [str(old.id)]}
+        )
+        self.assertEqual(purged[0].details, {"what": "runs", "count": 2, "history_days": 30, "audit_days": 0})
 
     @override_settings(SESSIONADMIN_HISTORY_RETENTION_DAYS=0, SESSIONADMIN_AUDIT_RETENTION_DAYS=10)
     def test_it_purges_audit_entries_only_past_their_own_retention(self) -> None:
@@ -257,18 +282,38 @@ class HealthAndLivenessTestCase(MaintenanceTestCase):
         )
 
     def test_it_closes_runs_abandoned_by_a_lost_worker(self) -> None:
-        MaintenanceRun.objects.create(task="inactivity_cleanup", started_at=NOW - timedelta(hours=2))
+        MaintenanceRun.objects.create(task="reconciliation", started_at=NOW - timedelta(hours=2))
+        MaintenanceRun.objects.create(task="inactivity_cleanup", started_at=NOW - timedelta(hours=2), report={"planning": True})
         MaintenanceRun.objects.create(task="inactivity_cleanup", started_at=NOW - timedelta(minutes=2))
+        # A removal run stays open while its sessions are terminating: it is settled from them.
+        MaintenanceRun.objects.create(task="workspace_removal", started_at=NOW - timedelta(hours=2))
 
-        self.assertEqual(maintenance.close_abandoned_runs(now=NOW), 1)
-        self.assertEqual(sorted(MaintenanceRun.objects.values_list("outcome", flat=True)), ["failed", "running"])
+        self.assertEqual(maintenance.close_abandoned_runs(now=NOW), 2)
+        self.assertEqual(
+            sorted(MaintenanceRun.objects.values_list("outcome", flat=True)), ["failed", "failed", "running", "running"]
+        )
+
+    def test_a_worker_that_starts_again_closes_its_own_runs_and_settles_removals(self) -> None:
+        mine = MaintenanceRun.objects.create(task="reconciliation", started_at=NOW - timedelta(minutes=5), worker="worker@a")
+        other = MaintenanceRun.objects.create(task="reconciliation", started_at=NOW - timedelta(minutes=5), worker="worker@b")
+        session = self.manager().create_session("user-1", "acme")
+        ended = lifecycle.end(session_ids=[session.id], actor="alice", reason="x", enqueue=False)
+        # The removal happened, but the worker died before the run was settled.
+        AgentSession.objects.filter(pk=session.pk).update(status="ended", ended_at=NOW)
+
+        self.assertEqual(maintenance.settle_open_runs(worker="worker@a", now=NOW), 1)
+
+        outcomes = dict(MaintenanceRun.objects.values_list("pk", "outcome"))
+        self.assertEqual((outcomes[mine.pk], outcomes[other.pk], outcomes[ended.run_id]), ("failed", "running", "ok"))
+        self.assertIn("worker lost", MaintenanceRun.objects.get(pk=mine.pk).error)
 
 
 class RequestRunTestCase(MaintenanceTestCase):
-    def test_it_audits_and_enqueues_on_commit(self) -> None:
-        with self.captureOnCommitCallbacks() as callbacks:
-            maintenance.request_run("reconciliation", actor="alice")
+    def test_it_enqueues_then_audits(self) -> None:
+        probe = QueueProbe()
+        self.addCleanup(probe.close)
+        maintenance.request_run("reconciliation", actor="alice")
 
-        self.assertEqual(len(callbacks), 1)
+        self.assertEqual(probe.messages(), [("sessionadmin.tasks.reconcile_workspaces", [], {"triggered_by": "alice"})])
         entry = AuditEntry.objects.get(event_type="maintenance_run_requested")
         self.assertEqual((entry.actor, entry.details), ("alice", {"task": "reconciliation"}))

@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from sessionadmin.models import AgentSession, AuditEntry, MaintenanceRun, ServiceHeartbeat
 from tests.base import BaseTestCase
+from tests.celery_worker import QueueProbe, dead_broker_url, use_broker
 
 
 class MaintenancePageTestCase(BaseTestCase):
@@ -65,12 +66,21 @@ class MaintenanceRunNowTestCase(BaseTestCase):
 
     def test_it_audits_and_queues_the_task_for_operators(self) -> None:
         self.client.force_login(self.alice)
-        with self.captureOnCommitCallbacks() as callbacks:
-            r = self.client.post(self.url, {"task": "inactivity_cleanup"})
+        probe = QueueProbe()
+        self.addCleanup(probe.close)
+        r = self.client.post(self.url, {"task": "inactivity_cleanup"})
         self.assertRedirects(r, reverse("maintenance"), fetch_redirect_response=False)
-        self.assertEqual(len(callbacks), 1)
+        self.assertEqual(probe.messages(), [("sessionadmin.tasks.inactivity_cleanup", [], {"triggered_by": "alice"})])
         entry = AuditEntry.objects.get(event_type="maintenance_run_requested")
         self.assertEqual((entry.actor, entry.details), ("alice", {"task": "inactivity_cleanup"}))
+
+    def test_it_says_so_and_audits_nothing_when_the_broker_is_down(self) -> None:
+        self.addCleanup(use_broker(url=dead_broker_url(), options={"max_retries": 0}, queue="test-dead"))
+        self.client.force_login(self.alice)
+        r = self.client.post(self.url, {"task": "reconciliation"}, follow=True)
+        self.assertEqual(r.status_code, 200)
+        self.assertContains(r, "the task queue (broker) is unreachable, so nothing was queued")
+        self.assertFalse(AuditEntry.objects.filter(event_type="maintenance_run_requested").exists())
 
     def test_it_rejects_unknown_tasks(self) -> None:
         self.client.force_login(self.alice)

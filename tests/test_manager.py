@@ -479,23 +479,3 @@ class ActiveCounterTestCase(BaseTestCase):
         with self.assertRaises(MaxSessionsReached) as ctx:
             self.manager(max_concurrent=3).create_session("user-1", "acme")
         self.assertEqual((ctx.exception.limit, ctx.exception.current), ("global", 3))
-
-
-class BeginCleanupsTestCase(BaseTestCase):
-    def test_it_skips_sessions_touched_or_pinned_after_selection(self) -> None:
-        manager = self.manager()
-        with time_machine.travel("2026-11-01 10:00:00Z", tick=False):
-            idle = manager.create_session("user-1", "acme")
-            touched = manager.create_session("user-2", "acme")
-            pinned = manager.create_session("user-3", "acme")
-        cutoff = timezone.datetime.fromisoformat("2026-11-01T11:00:00+00:00")
-        cutoffs = {s.id: cutoff for s in (idle, touched, pinned)}
-        # Between the idle walk and the lock: one session reports activity, one gets pinned.
-        with time_machine.travel("2026-11-01 12:00:00Z", tick=False):
-            manager.touch(touched.id)
-            manager.pin_session(
-                pinned.id, until=timezone.datetime.fromisoformat("2026-11-02T00:00:00+00:00"), reason="demo", actor="alice"
-            )
-            marked = manager.begin_cleanups(list(cutoffs), actor="system:test", reason="idle", idle_cutoffs=cutoffs)
-        self.assertEqual([s.id for s in marked], [idle.id])
-        self.assertEqual(AgentSession.objects.get(pk=pinned.id).status, "active")

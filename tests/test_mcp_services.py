@@ -164,7 +164,11 @@ class ClientLifecycleTests(McpServicesTestCase):
         mcp_services.add_client(self.session.id, server=self.http_server, actor="alice")
         mcp_services.remove_client(self.session.id, "tools-http", actor="alice")
         again = mcp_services.add_client(self.session.id, server=self.http_server, actor="alice")
-        self.assertEqual(McpClient.objects.get().pk, again.pk)
+        # The detached client stays as history beside the new one.
+        rows = list(McpClient.objects.order_by("pk").values_list("pk", "status"))
+        self.assertEqual(len(rows), 2)
+        self.assertEqual(rows[0][1], "closed")
+        self.assertEqual(rows[1], (again.pk, "connected"))
 
     def test_it_calls_tools_with_valid_and_invalid_arguments(self) -> None:
         mcp_services.add_client(self.session.id, server=self.http_server, actor="alice")

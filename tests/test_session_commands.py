@@ -12,6 +12,7 @@ from django.test import TestCase
 
 from sessionadmin.models import AgentSession, AuditEntry, Org
 from tests.base import BaseTestCase, WorkspaceRootMixin
+from tests.celery_worker import QueueProbe
 
 
 def run(*args: str) -> str:
@@ -69,10 +70,17 @@ class ListAndCleanupCommandTestCase(BaseTestCase):
         out = run("list_sessions", "--org", "acme")
         self.assertIn(str(first.id), out)
         self.assertNotIn(str(second.id), out)
-        self.assertIn(f"ended session {first.id}", run("cleanup_session", str(first.id), "--reason", "cli test"))
-        self.assertNotIn(str(first.id), run("list_sessions"))
-        self.assertIn(str(first.id), run("list_sessions", "--status", "ended"))
+        probe = QueueProbe()
+        self.addCleanup(probe.close)
+        with self.captureOnCommitCallbacks(execute=True):
+            out = run("cleanup_session", str(first.id), "--reason", "cli test")
+        self.assertIn(f"session {first.id} is terminating; the workers remove it", out)
+        self.assertEqual(probe.messages(), [("sessionadmin.tasks.remove_workspaces", [[str(first.id)]], {"actor": "cli"})])
         self.assertEqual(AgentSession.objects.get(pk=first.id).end_reason, "cli test")
+        # --inline: no worker needed, done when the command returns.
+        self.assertIn(f"ended session {second.id}", run("cleanup_session", str(second.id), "--inline"))
+        self.assertIn(str(second.id), run("list_sessions", "--status", "ended"))
+        self.assertFalse(os.path.exists(second.workspace_path))
 
     def test_it_fails_cleanly_on_unknown_ids(self) -> None:
         with self.assertRaisesMessage(CommandError, "not found"):

@@ -11,9 +11,10 @@ import time_machine
 from django.test import override_settings
 from django.urls import reverse
 
-from sessionadmin import workspaces
+from sessionadmin import lifecycle, workspaces
 from sessionadmin.models import AgentSession, AuditEntry, PromptLayer
 from tests.base import BaseTestCase
+from tests.celery_worker import QueueProbe
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 MISSING = "00000000-0000-4000-8000-000000000000"
@@ -138,13 +139,21 @@ class KillTestCase(BaseTestCase):
         self.url = reverse("session_kill", args=[self.session.id])
         self.detail = reverse("session_detail", args=[self.session.id])
 
-    def test_it_kills_with_a_reason(self) -> None:
+    def test_it_kills_with_a_reason_and_the_worker_removes_the_workspace(self) -> None:
+        probe = QueueProbe()
+        self.addCleanup(probe.close)
         self.client.force_login(self.alice)
-        r = self.client.post(self.url, {"reason": "user left"})
+        with self.captureOnCommitCallbacks(execute=True):
+            r = self.client.post(self.url, {"reason": "user left"})
         self.assertRedirects(r, self.detail, fetch_redirect_response=False)
         row = AgentSession.objects.get(pk=self.session.pk)
-        self.assertEqual((row.status, row.ended_by, row.end_reason), ("ended", "alice", "user left"))
-        self.assertContains(self.client.get(self.detail), "Session ended.")
+        self.assertEqual((row.status, row.ended_by, row.end_reason), ("terminating", "alice", "user left"))
+        self.assertTrue(os.path.isdir(row.workspace_path))  # not removed inside the request
+        self.assertEqual(probe.messages(), [("sessionadmin.tasks.remove_workspaces", [[str(row.id)]], {"actor": "alice"})])
+        page = self.client.get(self.detail)
+        self.assertContains(page, "1 session is terminating; the workers are removing the workspace.")
+        self.assertContains(page, "a worker is closing its MCP clients and removing its workspace")
+        self.assertContains(page, "every 1s")  # the facts refresh until the worker is done
 
     def test_it_requires_a_reason_inline(self) -> None:
         self.client.force_login(self.alice)
@@ -160,13 +169,24 @@ class KillTestCase(BaseTestCase):
         r = self.client.post(self.url, {"reason": "x"}, headers={"HX-Request": "true"})
         self.assertEqual(r["HX-Redirect"], self.detail)
 
-    def test_it_keeps_the_session_terminating_when_removal_fails(self) -> None:
+    def test_it_shows_a_failed_removal_and_queues_it_again_on_a_second_kill(self) -> None:
+        probe = QueueProbe()
+        self.addCleanup(probe.close)
         self.client.force_login(self.alice)
+        with self.captureOnCommitCallbacks(execute=True):
+            self.client.post(self.url, {"reason": "x"})
+        # The worker's half fails (fault injected into the filesystem call).
         with mock.patch("sessionadmin.workspaces.remove_workspace", side_effect=workspaces.WorkspaceError("disk on fire")):
-            r = self.client.post(self.url, {"reason": "x"}, follow=True)
-        self.assertContains(r, "The workspace could not be removed, so the session stays terminating: disk on fire")
+            result = lifecycle.finish(session_ids=[self.session.id], actor="system:workspace-removal")
+        self.assertEqual(result.failed, {str(self.session.id): "disk on fire"})
+        page = self.client.get(self.detail)
+        self.assertContains(page, "Cleanup failed 1 time: disk on fire")
+        self.assertContains(page, "Retry cleanup")
+        with self.captureOnCommitCallbacks(execute=True):
+            r = self.client.post(self.url, {"reason": "again"}, follow=True)
+        self.assertContains(r, "This session is already terminating; its removal was queued again.")
+        self.assertEqual(len(probe.messages()), 2)
         self.assertEqual(AgentSession.objects.get(pk=self.session.pk).status, "terminating")
-        self.assertContains(r, "Retry cleanup")
 
     def test_it_says_when_the_session_has_ended_already(self) -> None:
         self.manager().cleanup_session(self.session.id, actor="bob", reason="x")

@@ -11,6 +11,7 @@ from django.urls import reverse
 
 from sessionadmin.models import AgentSession, AuditEntry, McpClient
 from tests.base import BaseTestCase
+from tests.celery_worker import QueueProbe
 
 NOW = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
 
@@ -176,14 +177,23 @@ class BulkKillTestCase(BaseTestCase):
         self.s3 = manager.create_session("u-3", "globex", actor="setup")
 
     def test_it_kills_the_selected_sessions_with_a_reason(self) -> None:
+        probe = QueueProbe()
+        self.addCleanup(probe.close)
         self.client.force_login(self.alice)
-        r = self.client.post(self.url, {"ids": [str(self.s1.id), str(self.s2.id)], "reason": "cost", "next": "/?org=acme"})
+        with self.captureOnCommitCallbacks(execute=True):
+            r = self.client.post(self.url, {"ids": [str(self.s1.id), str(self.s2.id)], "reason": "cost", "next": "/?org=acme"})
         self.assertRedirects(r, "/?org=acme", fetch_redirect_response=False)
         statuses = dict(AgentSession.objects.values_list("id", "status"))
-        self.assertEqual(statuses, {self.s1.id: "ended", self.s2.id: "ended", self.s3.id: "active"})
+        self.assertEqual(statuses, {self.s1.id: "terminating", self.s2.id: "terminating", self.s3.id: "active"})
         entry = AuditEntry.objects.get(session_id=self.s1.id, event_type="session_terminating")
         self.assertEqual((entry.actor, entry.details["reason"]), ("alice", "cost"))
-        self.assertFalse((self.workspace_root / "u-1" / str(self.s1.id)).exists())
+        # One removal task for the batch; the request removed nothing itself.
+        [(task, [ids], kwargs)] = probe.messages()
+        self.assertEqual(
+            (task, sorted(ids), kwargs),
+            ("sessionadmin.tasks.remove_workspaces", sorted([str(self.s1.id), str(self.s2.id)]), {"actor": "alice"}),
+        )
+        self.assertTrue((self.workspace_root / "u-1" / str(self.s1.id)).exists())
 
     def test_it_requires_a_reason_and_a_selection(self) -> None:
         self.client.force_login(self.alice)

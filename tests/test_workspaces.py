@@ -112,7 +112,7 @@ class CreationFailureTestCase(BaseTestCase):
             original(*args)  # type: ignore[arg-type]
             raise RuntimeError("database went away")
 
-        with mock.patch("sessionadmin.manager.workspaces.create_workspace", side_effect=create_then_fail):
+        with mock.patch("sessionadmin.lifecycle.workspaces.create_workspace", side_effect=create_then_fail):
             with self.assertRaisesMessage(RuntimeError, "database went away"):
                 manager.create_session("user-1", "acme")
         self.assertFalse(AgentSession.objects.exists())
