@@ -22,6 +22,43 @@ from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceR
 from sessionadmin.roles import OPERATE_PERMISSION
 
 
+class SafeDateHierarchy:
+    """Django's date drill-down turns ``?at__year=99999999999`` into an OverflowError (a 500):
+    out-of-range parts are incorrect lookups, answered like any other (the changelist's
+    "?e=1" page, the CSV export's redirect)."""
+
+    _RANGES = {"year": (1, 9999), "month": (1, 12), "day": (1, 31)}
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        field = getattr(self, "date_hierarchy", None)
+        if field:
+            for part, (low, high) in self._RANGES.items():
+                raw = request.GET.get(f"{field}__{part}")
+                if raw is not None and not (raw.isascii() and raw.isdigit() and len(raw) <= 4 and low <= int(raw) <= high):
+                    raise IncorrectLookupParameters(f"invalid {part}")
+        return super().get_changelist_instance(request)  # type: ignore[misc]
+
+
+class NulSafeChoiceField(forms.ModelChoiceField):
+    """A foreign-key choice whose typed value may contain a NUL (an autocomplete's raw input):
+    an invalid choice, not a query PostgreSQL refuses with an error."""
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            raise forms.ValidationError(self.error_messages["invalid_choice"], code="invalid_choice")
+        return super().to_python(value)
+
+    def bound_data(self, data: Any, initial: Any) -> Any:
+        # Redisplayed after the error: the autocomplete widget would query with it.
+        return initial if isinstance(data, str) and "\x00" in data else super().bound_data(data, initial)
+
+
+class NulSafeForeignKeys:
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        kwargs.setdefault("form_class", NulSafeChoiceField)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)  # type: ignore[misc]
+
+
 class ReadOnlyAdmin(admin.ModelAdmin):
     """Rows nobody edits in the admin, superusers included: they change only through the
     service layer (or never, for the audit trail)."""
@@ -64,7 +101,7 @@ class OrgAdmin(admin.ModelAdmin):
 
 
 @admin.register(PromptLayer)
-class PromptLayerAdmin(admin.ModelAdmin):
+class PromptLayerAdmin(NulSafeForeignKeys, admin.ModelAdmin):
     """Saves and deletes go through ``services`` so each bumps the version and is audited."""
 
     list_display = ["name", "scope", "org", "user_id", "priority", "enabled", "version", "updated_at"]
@@ -171,7 +208,7 @@ class _Echo:
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(ReadOnlyAdmin):
+class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
     """The append-only trail: nobody adds, changes or deletes here, superusers included."""
 
     CSV_COLUMNS = ["at", "event_type", "actor", "user_id", "org_id", "session_id", "details"]
@@ -307,7 +344,7 @@ class McpClientAdmin(ReadOnlyAdmin):
 
 
 @admin.register(MaintenanceRun)
-class MaintenanceRunAdmin(ReadOnlyAdmin):
+class MaintenanceRunAdmin(SafeDateHierarchy, ReadOnlyAdmin):
     """Read-only: runs are written by the maintenance tasks only."""
 
     list_display = ["task", "started_at", "finished_at", "outcome", "triggered_by"]
@@ -339,7 +376,7 @@ _TOKEN_CREATED_TEMPLATE = """{% extends "admin/base_site.html" %}
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(NulSafeForeignKeys, admin.ModelAdmin):
     """Tokens are created through ``tokens.create_token`` (the plaintext is shown once, on the
     page after "Save") and revoked, never edited or deleted; the hash is never displayed."""
 

@@ -1,5 +1,7 @@
-"""Dashboard forms. They check shape only; the service layer (manager, services) owns the rules
-and its errors are attached back to the fields they concern by the views."""
+"""Dashboard forms. The rules are the models': forms that edit a model are ModelForms, the others
+build their fields from the model's fields (``formfield()``), so validators and lengths live in
+one place. Nothing is cut silently: inputs carry no ``maxlength``, so an over-long value
+reaches the server and comes back with a message instead of being truncated by the browser."""
 
 from __future__ import annotations
 
@@ -8,12 +10,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django import forms
+from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 from django.utils import timezone
 
-from sessionadmin.manager import MAX_REASON_LENGTH
-from sessionadmin.models import AgentSession
-from sessionadmin.prompts import MAX_PROMPT_LENGTH
-from sessionadmin.validation import MAX_ID_LENGTH, validate_org_id_field, validate_user_id_field
+from sessionadmin.models import AgentSession, Org
+from sessionadmin.validation import MAX_ID_LENGTH
 
 STATUS_FILTERS = [
     ("live", "Live (active + terminating)"),
@@ -40,12 +41,54 @@ SORTS: dict[str, list[str]] = {
 }
 
 
-class DashboardForm(forms.Form):
-    """Labels without Django's trailing colon."""
+def model_field(model: Any, name: str, **options: Any) -> Any:
+    """The form field of a model field, with the model field's own validators (a form field
+    made by ``formfield()`` has its length and choices but not the model's validators, which
+    only a ModelForm runs). Length and range checks come with the form field already."""
+    field = model._meta.get_field(name)
+    own = [v for v in field.validators if not isinstance(v, MaxLengthValidator | MinValueValidator | MaxValueValidator)]
+    return field.formfield(validators=own, **options)
+
+
+def model_bounds(form: forms.BaseForm, model: Any) -> None:
+    """Give the number inputs of a ModelForm the model's own bounds (``min``/``max`` attributes
+    and the form-level check), instead of the database column's range."""
+    for name, form_field in form.fields.items():
+        if not isinstance(form_field, forms.IntegerField):
+            continue
+        for validator in model._meta.get_field(name).validators:
+            if isinstance(validator, MinValueValidator):
+                form_field.min_value = max(validator.limit_value, form_field.min_value or validator.limit_value)
+                form_field.widget.attrs["min"] = form_field.min_value
+            elif isinstance(validator, MaxValueValidator):
+                form_field.max_value = min(validator.limit_value, form_field.max_value or validator.limit_value)
+                form_field.widget.attrs["max"] = form_field.max_value
+        form_field.validators = [v for v in form_field.validators if not isinstance(v, MinValueValidator | MaxValueValidator)]
+        if form_field.min_value is not None:
+            form_field.validators.append(MinValueValidator(form_field.min_value))
+        if form_field.max_value is not None:
+            form_field.validators.append(MaxValueValidator(form_field.max_value))
+
+
+class NoTruncation:
+    """Labels without Django's trailing colon, and no ``maxlength`` on inputs: the length rule
+    is checked on the server, with a message, instead of the browser cutting the value."""
+
+    fields: dict[str, forms.Field]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("label_suffix", "")
         super().__init__(*args, **kwargs)
+        for field in self.fields.values():
+            field.widget.attrs.pop("maxlength", None)
+
+
+class DashboardForm(NoTruncation, forms.Form):
+    pass
+
+
+class DashboardModelForm(NoTruncation, forms.ModelForm):
+    pass
 
 
 class SessionFilterForm(DashboardForm):
@@ -89,12 +132,10 @@ def parse_variables(text: str) -> dict[str, str]:
 class SessionCreateForm(DashboardForm):
     # A text input with the page's org datalist: type-ahead over hundreds of orgs; an unknown
     # org is reported by the manager on the field.
-    org = forms.CharField(
-        max_length=MAX_ID_LENGTH,
-        label="Org",
-        widget=forms.TextInput(attrs={"list": "org-ids", "placeholder": "org id", "autocomplete": "off"}),
+    org = model_field(
+        Org, "id", label="Org", widget=forms.TextInput(attrs={"list": "org-ids", "placeholder": "org id", "autocomplete": "off"})
     )
-    user_id = forms.CharField(max_length=MAX_ID_LENGTH, label="User id", validators=[validate_user_id_field])
+    user_id = model_field(AgentSession, "user_id", label="User id")
     variables = forms.CharField(
         required=False,
         label="Prompt variables",
@@ -107,8 +148,10 @@ class SessionCreateForm(DashboardForm):
 
 
 class ReasonForm(DashboardForm):
-    reason = forms.CharField(
-        max_length=MAX_REASON_LENGTH,
+    reason = model_field(
+        AgentSession,
+        "end_reason",
+        required=True,
         widget=forms.TextInput(attrs={"placeholder": "Why?"}),
         error_messages={"required": "A reason is required."},
     )
@@ -151,8 +194,10 @@ class PinForm(DashboardForm):
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
         input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
     )
-    reason = forms.CharField(
-        max_length=MAX_REASON_LENGTH,
+    reason = model_field(
+        AgentSession,
+        "pin_reason",
+        required=True,
         widget=forms.TextInput(attrs={"placeholder": "Why keep it?"}),
         error_messages={"required": "A reason is required."},
     )
@@ -175,32 +220,36 @@ class PinForm(DashboardForm):
 
 
 class PromptForm(DashboardForm):
-    prompt = forms.CharField(
+    prompt = model_field(
+        AgentSession,
+        "system_prompt",
         required=False,
         strip=False,
-        max_length=MAX_PROMPT_LENGTH,
         widget=forms.Textarea(attrs={"rows": 12, "spellcheck": "false"}),
     )
 
 
-class OrgForm(DashboardForm):
+class OrgForm(DashboardModelForm):
     """Create (with ``id``) or edit (``id`` shown read-only) an org."""
 
-    id = forms.CharField(max_length=MAX_ID_LENGTH, label="Org id", validators=[validate_org_id_field])
-    name = forms.CharField(max_length=200)
-    max_sessions = forms.IntegerField(required=False, min_value=1, max_value=10**9, label="Max sessions")
-    max_sessions_per_user = forms.IntegerField(required=False, min_value=1, max_value=10**9, label="Max per user")
-    idle_timeout_seconds = forms.IntegerField(
-        required=False, min_value=60, max_value=10**9, label="Idle timeout (s)", help_text="Empty = the global default."
-    )
-    prompt = forms.CharField(
-        required=False, strip=False, max_length=MAX_PROMPT_LENGTH, widget=forms.Textarea(attrs={"rows": 6}), label="Org prompt"
-    )
+    class Meta:
+        model = Org
+        fields = ["id", "name", "max_sessions", "max_sessions_per_user", "idle_timeout_seconds", "prompt"]
+        labels = {
+            "id": "Org id",
+            "max_sessions": "Max sessions",
+            "max_sessions_per_user": "Max per user",
+            "idle_timeout_seconds": "Idle timeout (s)",
+            "prompt": "Org prompt",
+        }
+        widgets = {"prompt": forms.Textarea(attrs={"rows": 6})}
 
     def __init__(self, *args: Any, editing: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if editing:
             del self.fields["id"]
+        self.fields["prompt"].strip = False  # type: ignore[attr-defined]
+        model_bounds(self, Org)
 
     def limits(self) -> dict[str, int | None]:
         return {f: self.cleaned_data.get(f) for f in ("max_sessions", "max_sessions_per_user", "idle_timeout_seconds")}

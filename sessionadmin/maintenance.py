@@ -36,6 +36,7 @@ from sessionadmin.lifecycle import (
     start_run,
 )
 from sessionadmin.models import AgentSession, AuditEntry, MaintenanceRun, ServiceHeartbeat
+from sessionadmin.validation import MIN_IDLE_TIMEOUT_SECONDS
 
 logger = logging.getLogger(__name__)
 
@@ -87,9 +88,6 @@ def recent_runs(limit: int = 30) -> list[MaintenanceRun]:
 
 
 # --- inactivity cleanup -----------------------------------------------------------------------
-
-
-MIN_IDLE_TIMEOUT_SECONDS = 60
 
 
 def idle_threshold() -> timedelta:

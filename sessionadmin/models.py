@@ -11,14 +11,18 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
 from sessionadmin.validation import (
     MAX_ID_LENGTH,
+    MAX_LAYER_LENGTH,
+    MAX_LIMIT,
+    MAX_PROMPT_LENGTH,
     MAX_REASON_LENGTH,
+    MIN_IDLE_TIMEOUT_SECONDS,
     validate_org_id_field,
     validate_reason,
     validate_text,
@@ -31,26 +35,28 @@ class Org(models.Model):
     # The platform's external org id is the primary key, so that ``session.org_id`` *is* the
     # id the platform knows. It never changes (the admin shows it read-only once saved).
     id = models.CharField(primary_key=True, max_length=MAX_ID_LENGTH, validators=[validate_org_id_field])
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[validate_text])
     # The org's own prompt, composed after the global layers and before the org's extra layers.
-    prompt = models.TextField(blank=True, max_length=64 * 1024)
+    prompt = models.TextField(
+        blank=True, max_length=MAX_LAYER_LENGTH, validators=[MaxLengthValidator(MAX_LAYER_LENGTH), validate_text]
+    )
     max_sessions = models.PositiveIntegerField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(1)],
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_LIMIT)],
         help_text="Concurrent active sessions in this org; empty = no limit.",
     )
     max_sessions_per_user = models.PositiveIntegerField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(1)],
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_LIMIT)],
         help_text="Concurrent active sessions per user in this org; empty = no limit.",
     )
     idle_timeout_seconds = models.PositiveIntegerField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(60)],
-        help_text="Overrides the global idle timeout; empty = global default.",
+        validators=[MinValueValidator(MIN_IDLE_TIMEOUT_SECONDS), MaxValueValidator(MAX_LIMIT)],
+        help_text="Seconds; overrides the global idle timeout; empty = global default.",
     )
     created_at = models.DateTimeField(default=timezone.now)
 
@@ -95,8 +101,8 @@ class PromptLayer(models.Model):
     org = models.ForeignKey(Org, null=True, blank=True, on_delete=models.CASCADE, related_name="prompt_layers")
     # For user layers: the user's external id. With ``org`` empty it applies in every org.
     user_id = models.CharField(max_length=MAX_ID_LENGTH, blank=True)
-    name = models.CharField(max_length=200)
-    body = models.TextField(max_length=64 * 1024)
+    name = models.CharField(max_length=200, validators=[validate_text])
+    body = models.TextField(max_length=MAX_LAYER_LENGTH, validators=[MaxLengthValidator(MAX_LAYER_LENGTH), validate_text])
     # Lower numbers come first within a layer.
     priority = models.IntegerField(default=100)
     enabled = models.BooleanField(default=True)
@@ -194,7 +200,9 @@ class AgentSession(models.Model):
     workspace_path = models.CharField(max_length=4096)
     # The gateway (one per host holding workspaces) that serves this session's MCP clients.
     gateway = models.CharField(max_length=200, blank=True)
-    system_prompt = models.TextField(blank=True, validators=[validate_text])
+    system_prompt = models.TextField(
+        blank=True, max_length=MAX_PROMPT_LENGTH, validators=[MaxLengthValidator(MAX_PROMPT_LENGTH), validate_text]
+    )
     # Which layers the prompt was composed from: [{"kind", "id", "name", "version", "sha256"}].
     prompt_provenance = models.JSONField(default=list, blank=True)
     variables = models.JSONField(default=dict, blank=True, validators=[validate_variables])

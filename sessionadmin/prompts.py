@@ -15,10 +15,12 @@ from typing import Any, Protocol
 from django.db import connection
 
 from sessionadmin.models import Org, PromptLayer
+from sessionadmin.validation import MAX_PROMPT_LENGTH
+
+__all__ = ["MAX_PROMPT_LENGTH", "ComposedPrompt", "DefaultPromptComposer", "PromptComposer", "render", "sha256"]
 
 _PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}")
 _SCOPE_ORDER: dict[str, int] = {"global": 0, "org": 1, "user": 2}
-MAX_PROMPT_LENGTH = 256 * 1024
 
 
 class PromptComposer(Protocol):

@@ -5,31 +5,45 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.db.models import BooleanField, Case, Count, ExpressionWrapper, OuterRef, Q, QuerySet, Subquery, Value, When
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from sessionadmin import audit
-from sessionadmin.manager import InvalidInput, InvalidOrgID
+from sessionadmin.lifecycle import InvalidInput, InvalidOrgID
 from sessionadmin.models import AgentSession, LimitLock, Org, PromptLayer
-from sessionadmin.prompts import MAX_PROMPT_LENGTH, sha256
+from sessionadmin.prompts import sha256
 from sessionadmin.validation import id_problem
 
 ORG_LIMIT_FIELDS = ("max_sessions", "max_sessions_per_user", "idle_timeout_seconds")
 
 
-def _check_org_fields(name: str | None, prompt: str | None, limits: dict[str, int | None]) -> None:
-    if name is not None and not (1 <= len(name.strip()) <= 200):
-        raise InvalidInput("org name must be 1-200 characters")
-    if prompt is not None and len(prompt) > MAX_PROMPT_LENGTH:
-        raise InvalidInput(f"org prompt is longer than {MAX_PROMPT_LENGTH} characters")
+class InvalidFields(InvalidInput):
+    """The model refused some fields; ``errors`` maps each field to its messages (forms show
+    them on the fields), ``str()`` says it all in one line (commands, logs)."""
+
+    def __init__(self, error: ValidationError) -> None:
+        self.errors: dict[str, list[str]] = error.message_dict
+        super().__init__("; ".join(f"{name}: {' '.join(msgs)}" for name, msgs in self.errors.items()))
+
+
+def _full_clean(instance: Any, *, exclude: list[str] | None = None) -> None:
+    """The model's own rules (field validators and named constraints) are the only rules."""
+    try:
+        instance.full_clean(exclude=exclude, validate_unique=False)
+    except ValidationError as exc:
+        raise InvalidFields(exc) from None
+
+
+def _check_limits(limits: dict[str, int | None]) -> None:
+    unknown = set(limits) - set(ORG_LIMIT_FIELDS)
+    if unknown:
+        raise InvalidInput(f"unknown org setting {sorted(unknown)[0]!r}")
     for field, value in limits.items():
-        if field not in ORG_LIMIT_FIELDS:
-            raise InvalidInput(f"unknown org setting {field!r}")
-        minimum = 60 if field == "idle_timeout_seconds" else 1
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < minimum or value > 10**9):
-            raise InvalidInput(f"{field} must be a whole number of at least {minimum}, or empty")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise InvalidInput(f"{field} must be a whole number, or empty")
 
 
 @transaction.atomic
@@ -37,7 +51,9 @@ def create_org(*, org_id: str, name: str, actor: str, prompt: str = "", **limits
     problem = id_problem(org_id)
     if problem:
         raise InvalidOrgID(f"invalid org ID: {problem}")
-    _check_org_fields(name, prompt, limits)
+    _check_limits(limits)
+    org = Org(id=org_id, name=(name or "").strip(), prompt=prompt, **limits)
+    _full_clean(org)
     exists = InvalidInput(f"org {org_id!r} exists already")
     if Org.objects.filter(pk=org_id).exists():
         raise exists
@@ -45,7 +61,7 @@ def create_org(*, org_id: str, name: str, actor: str, prompt: str = "", **limits
         # A savepoint: two operators creating the same org at once get a clear error for the
         # second, not an IntegrityError (and the outer transaction stays usable).
         with transaction.atomic():
-            org = Org.objects.create(id=org_id, name=name.strip(), prompt=prompt, **limits)
+            org.save(force_insert=True)
     except IntegrityError:
         raise exists from None
     audit.write(
@@ -61,10 +77,10 @@ def create_org(*, org_id: str, name: str, actor: str, prompt: str = "", **limits
 @transaction.atomic
 def update_org(*, org_id: str, actor: str, name: str | None = None, prompt: str | None = None, **limits: int | None) -> Org:
     """Change an org's name, prompt or limits; audits the old and new values (prompts by hash)."""
-    _check_org_fields(name, prompt, limits)
-    org = Org.objects.select_for_update().filter(pk=org_id).first()
+    _check_limits(limits)
+    org = Org.objects.select_for_update().filter(pk=org_id).first() if id_problem(org_id) is None else None
     if org is None:
-        raise InvalidOrgID(f"invalid org ID: unknown org {org_id!r}")
+        raise InvalidOrgID(f"invalid org ID: unknown org {audit.safe_repr(org_id)}")
     changes: dict[str, Any] = {}
     if name is not None and name.strip() != org.name:
         changes["name"] = {"old": org.name, "new": name.strip()}
@@ -77,6 +93,7 @@ def update_org(*, org_id: str, actor: str, name: str | None = None, prompt: str 
             changes[field] = {"old": getattr(org, field), "new": value}
             setattr(org, field, value)
     if changes:
+        _full_clean(org, exclude=["id"])
         org.save(update_fields=[f if f != "prompt_sha256" else "prompt" for f in changes])
         audit.write([audit.entry("org_updated", actor=actor, org_id=org.id, details=changes)])
     return org
@@ -103,8 +120,7 @@ def _layer_details(layer: PromptLayer) -> dict[str, Any]:
 def save_prompt_layer(*, layer: PromptLayer, actor: str) -> PromptLayer:
     """Insert or update a layer (validated by the caller's form): bumps ``version`` when the
     body changes and audits the change (bodies by hash; they may be long)."""
-    if len(layer.body) > MAX_PROMPT_LENGTH:
-        raise InvalidInput(f"prompt layer is longer than {MAX_PROMPT_LENGTH} characters")
+    _full_clean(layer)
     layer.updated_at = timezone.now()
     if layer.pk is None:
         layer.version = 1

@@ -22,6 +22,13 @@ MAX_VARIABLE_VALUE_LENGTH = 4096
 RESERVED_VARIABLES = frozenset({"user_id", "org_id", "session_id"})
 # Why a session ended or was pinned, as operators, tokens and the idle cleanup give it.
 MAX_REASON_LENGTH = 500
+# An org's prompt and each prompt layer; a session's composed prompt may hold several.
+MAX_LAYER_LENGTH = 64 * 1024
+MAX_PROMPT_LENGTH = 256 * 1024
+# Session limits are at least 1 (NULL means no limit) and at most this; idle timeouts at
+# least a minute (a smaller one would end sessions between two heartbeats).
+MAX_LIMIT = 10**9
+MIN_IDLE_TIMEOUT_SECONDS = 60
 
 
 def text_problem(value: str) -> str | None:

@@ -54,6 +54,7 @@ from sessionadmin.lifecycle import (
 )
 from sessionadmin.models import AgentSession, AuditEntry, Org, PromptLayer
 from sessionadmin.roles import OPERATE_PERMISSION
+from sessionadmin.validation import id_problem
 from sessionadmin.workspaces import inspect_workspace
 
 VIEW_PERMISSION = "sessionadmin.view_agentsession"
@@ -140,7 +141,13 @@ def _is_htmx(request: HttpRequest) -> bool:
 
 
 def _safe_next(request: HttpRequest, value: str | None, default: str) -> str:
-    if value and url_has_allowed_host_and_scheme(value, allowed_hosts={request.get_host()}, require_https=request.is_secure()):
+    """A path on this site to go back to, or ``default``: never another host, and never a bare
+    word (which ``redirect`` would try to reverse as a view name)."""
+    if (
+        value
+        and value.startswith("/")
+        and url_has_allowed_host_and_scheme(value, allowed_hosts={request.get_host()}, require_https=request.is_secure())
+    ):
         return value
     return default
 
@@ -514,44 +521,45 @@ def org_create(request: HttpRequest) -> HttpResponse:
         except InvalidOrgID as exc:
             form.add_error("id", str(exc))
         except InvalidInput as exc:
-            form.add_error("id" if "exists" in str(exc) else None, str(exc))
+            _add_service_errors(form, exc, default="id" if "exists" in str(exc) else None)
         else:
             messages.success(request, f"Org {org.id} created.")
             return _done(request, reverse("org_list"))
     return _org_page(request, form)
 
 
+def _add_service_errors(form: Any, exc: InvalidInput, *, default: str | None = None) -> None:
+    """The model's refusals on the fields they concern (services.InvalidFields), else on top."""
+    errors = getattr(exc, "errors", None)
+    if not errors:
+        form.add_error(default, str(exc))
+        return
+    for field, messages_ in errors.items():
+        form.add_error(field if field in form.fields else None, messages_)
+
+
 @require_http_methods(["GET", "POST"])
 @operator_required
 def org_edit(request: HttpRequest, org_id: str) -> HttpResponse:
-    org = Org.objects.filter(pk=org_id).first()
+    # An id that could never exist (a NUL, a path trick) is simply not found, never a query.
+    org = Org.objects.filter(pk=org_id).first() if id_problem(org_id) is None else None
     if org is None:
         raise Http404("No such org.")
-    if request.method == "POST":
-        form = OrgForm(request.POST, editing=True)
-        if form.is_valid():
-            try:
-                services.update_org(
-                    org_id=org.id,
-                    actor=actor_of(request),
-                    name=form.cleaned_data["name"],
-                    prompt=form.cleaned_data["prompt"],
-                    **form.limits(),
-                )
-            except SessionError as exc:
-                form.add_error(None, str(exc))
-            else:
-                messages.success(request, f"Org {org.id} saved.")
-                return _done(request, reverse("org_list"))
-    else:
-        form = OrgForm(
-            editing=True,
-            initial={
-                "name": org.name,
-                "prompt": org.prompt,
-                "max_sessions": org.max_sessions,
-                "max_sessions_per_user": org.max_sessions_per_user,
-                "idle_timeout_seconds": org.idle_timeout_seconds,
-            },
-        )
+    form = OrgForm(request.POST if request.method == "POST" else None, instance=org, editing=True)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.update_org(
+                org_id=org.id,
+                actor=actor_of(request),
+                name=form.cleaned_data["name"],
+                prompt=form.cleaned_data["prompt"],
+                **form.limits(),
+            )
+        except InvalidInput as exc:
+            _add_service_errors(form, exc)
+        except SessionError as exc:
+            form.add_error(None, str(exc))
+        else:
+            messages.success(request, f"Org {org.id} saved.")
+            return _done(request, reverse("org_list"))
     return render(request, "sessionadmin/org_edit.html", {"org": org, "org_form": form})

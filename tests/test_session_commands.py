@@ -33,7 +33,7 @@ class CreateOrgCommandTestCase(BaseTestCase):
             run("create_org", "../x")
         with self.assertRaisesMessage(CommandError, "exists already"):
             run("create_org", "acme")
-        with self.assertRaisesMessage(CommandError, "max_sessions must be a whole number of at least 1"):
+        with self.assertRaisesMessage(CommandError, "max_sessions: Ensure this value is greater than or equal to 1."):
             run("create_org", "newco", "--max-sessions", "0")
 
 

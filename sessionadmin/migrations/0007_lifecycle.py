@@ -2,20 +2,9 @@
 
 import django.db.models.deletion
 import sessionadmin.validation
-import importlib
-
 from django.db import migrations, models
 
-# SQLite rebuilds the session table to add a NOT NULL column, and a rebuilt table has lost its
-# triggers: reinstall the active-session counter's (and reseed it). PostgreSQL keeps them.
-_counter = importlib.import_module("sessionadmin.migrations.0005_active_session_counter")
-
-
-def reinstall_sqlite_triggers(apps, schema_editor):
-    if schema_editor.connection.vendor != "sqlite":
-        return
-    for sql in [*_counter.SQLITE_DOWN, *_counter.SQLITE_UP, _counter.SEED]:
-        schema_editor.execute(sql)
+from sessionadmin.migrations._sqlite_triggers import reinstall_counter_triggers
 
 
 class Migration(migrations.Migration):
@@ -82,5 +71,5 @@ class Migration(migrations.Migration):
             model_name='mcpclient',
             constraint=models.UniqueConstraint(condition=models.Q(('status', 'closed'), _negated=True), fields=('session', 'client_id'), name='mcpclient_open_unique_per_session'),
         ),
-        migrations.RunPython(reinstall_sqlite_triggers, migrations.RunPython.noop),
+        migrations.RunPython(reinstall_counter_triggers, migrations.RunPython.noop),
     ]

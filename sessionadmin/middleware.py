@@ -1,0 +1,31 @@
+"""Request guards that apply to every page, the admin and the API alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
+
+NUL_MESSAGE = "the request contains a NUL character, which no field accepts"
+
+
+class RejectNulMiddleware:
+    """A NUL character in the path or the query string is refused with a 400 before any view
+    runs: no id, filter or search may contain one, and PostgreSQL refuses it in any text it is
+    asked to compare, which would otherwise surface as a 500 from the first query that uses it
+    (an admin filter, an org id in a URL). Form bodies are checked by the form fields
+    themselves (Django's ProhibitNullCharactersValidator) and JSON bodies by the API schemas."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        if "\x00" in request.path or "\x00" in request.META.get("QUERY_STRING", "") or _query_has_nul(request):
+            if request.path.startswith("/api/"):
+                return JsonResponse({"error": {"code": "invalid_request", "message": NUL_MESSAGE}}, status=400)
+            return HttpResponseBadRequest(f"Bad request: {NUL_MESSAGE}.", content_type="text/plain; charset=utf-8")
+        return self.get_response(request)
+
+
+def _query_has_nul(request: HttpRequest) -> bool:
+    return any("\x00" in key or any("\x00" in value for value in values) for key, values in request.GET.lists())
