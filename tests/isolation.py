@@ -6,6 +6,9 @@ environment variable set in a conftest comes too late. Child processes (Celery w
 parallel creators, MCP servers) inherit the environment. The test process never reads nor
 writes the repository's ``var/``: the SQLite test database, the broker's folders and the
 static root live in the temporary folder, removed when the run ends.
+
+Run pytest as ``python -m pytest`` from the repository root (the Makefile does): ``-p`` imports
+this module by name before anything puts the repository on ``sys.path``.
 """
 
 from __future__ import annotations
