@@ -3,26 +3,85 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-PG_URL ?= postgres://postgres@127.0.0.1:5432/test
-REDIS_URL ?= redis://127.0.0.1:6379/15
 PYTEST := $(BIN)/python -m pytest
+MANAGE := $(BIN)/python manage.py
 
-.PHONY: run install services browser test test-sqlite test-postgres test-browser lint bench
+# Where the PostgreSQL run of the suite works; override them (make variables or environment) to
+# keep several runs on one machine apart, e.g. `make test SESSIONADMIN_TEST_DB_NAME=test_sa_me
+# CELERY_TEST_REDIS_URL=redis://127.0.0.1:6379/12`.
+TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+SESSIONADMIN_TEST_DB_NAME ?= test_sessionadmin
+CELERY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
+
+# Debian packages: chromium for the browser tests, bubblewrap for the stdio sandbox; wrk for
+# `make bench`. Installed with apt-get only when missing.
+DEBS := chromium bubblewrap
+BENCH_DEBS := wrk
+
+.PHONY: run setup install install-dev deps bench-deps services lock lint test test-sqlite test-postgres test-browser bench worker beat
+
+# --- virtualenv: the runtime lock for `make run`, the dev lock (runtime + tools) for the rest --
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.installed: requirements.txt | $(BIN)/python
-	$(BIN)/pip install -q --upgrade pip
+$(VENV)/.runtime: requirements.txt | $(BIN)/python
 	$(BIN)/pip install -q -r requirements.txt
 	touch $@
 
-install: $(VENV)/.installed
+$(VENV)/.dev: requirements-dev.txt requirements.txt | $(BIN)/python
+	$(BIN)/pip install -q -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
 
-run: install
-	$(BIN)/python manage.py migrate --no-input
-	$(BIN)/python manage.py ensure_operator
-	$(BIN)/python manage.py run
+install: $(VENV)/.runtime
+
+install-dev: $(VENV)/.dev
+
+# Re-pin after editing requirements.in or requirements-dev.in. The lock must install on any
+# machine from the public index alone, so this machine's extra pip indexes are left out.
+lock: install-dev
+	export PIP_CONFIG_FILE=/dev/null PIP_FIND_LINKS= CUSTOM_COMPILE_COMMAND="make lock"; \
+	for name in requirements requirements-dev; do \
+		$(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras --no-emit-index-url \
+			--no-emit-find-links --output-file $$name.txt $$name.in || exit 1; \
+	done
+
+deps:
+	@$(call apt_install,$(DEBS))
+
+bench-deps:
+	@$(call apt_install,$(BENCH_DEBS))
+
+define apt_install
+missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || echo $$p; done); \
+if [ -n "$$missing" ]; then \
+	echo "apt-get install" $$missing; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+fi
+endef
+
+# --- run --------------------------------------------------------------------------------------
+
+# var/, the secret key and the broker folders (idempotent); importing settings writes nothing.
+setup: install
+	$(MANAGE) setup
+
+# Web, worker and beat in the foreground (the process list is `processes()` in
+# sessionadmin/management/commands/run.py). SESSIONADMIN_BIND=host:port changes the address.
+run: setup
+	$(MANAGE) migrate --no-input
+	$(MANAGE) ensure_operator
+	$(MANAGE) run
+
+# Celery on its own, one process per terminal (production runs them as separate services;
+# `make run` starts both with the web server). Only one beat may run.
+worker: setup
+	$(BIN)/python -m celery -A sessionadmin worker --loglevel INFO --hostname worker@%h
+
+beat: setup
+	$(BIN)/python -m celery -A sessionadmin beat --loglevel INFO --schedule var/celerybeat-schedule
+
+# --- test -------------------------------------------------------------------------------------
 
 # The local PostgreSQL and Redis the tests use; started here if they are down.
 services:
@@ -30,42 +89,32 @@ services:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 
-# Debian's chromium for the browser tests (Playwright drives it; no browser download).
-browser:
-	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+lint: install-dev
+	$(BIN)/ruff check sessionadmin tests bench
+	$(BIN)/ruff format --check sessionadmin tests bench
+	$(BIN)/mypy sessionadmin bench
 
-lint: install
-	$(BIN)/ruff check sessionadmin tests
-	$(BIN)/ruff format --check sessionadmin tests
-	$(BIN)/mypy sessionadmin
-
-test-sqlite: install
+test-sqlite: install-dev
 	$(PYTEST) --ignore=tests/browser
 
-test-postgres: install services
-	DATABASE_URL=$(PG_URL) CELERY_TEST_REDIS_URL=$(REDIS_URL) $(PYTEST) --ignore=tests/browser
+test-postgres: install-dev services
+	DATABASE_URL=$(TEST_DATABASE_URL) SESSIONADMIN_TEST_DB_NAME=$(SESSIONADMIN_TEST_DB_NAME) \
+		CELERY_TEST_REDIS_URL=$(CELERY_TEST_REDIS_URL) $(PYTEST) --ignore=tests/browser
 
 # A separate pytest process: once Playwright's event loop runs, later async tests would fail.
-test-browser: install browser
+test-browser: install-dev deps
 	$(PYTEST) tests/browser
 
-test: install services browser lint test-sqlite test-postgres test-browser
+test: install-dev deps services lint test-sqlite test-postgres test-browser
 
-# Every benchmark on PostgreSQL. Those that need a seeded database create and drop their own;
-# the others run against sessionadmin_bench_main (created and migrated here) with throwaway rows.
+# --- bench ------------------------------------------------------------------------------------
+
+# Every benchmark on PostgreSQL (`python -m bench all`). Those that need a seeded database create
+# and drop their own; the others run against sessionadmin_bench_main (created and migrated here)
+# with throwaway rows.
 PG_BENCH_URL ?= postgres://postgres@127.0.0.1:5432/sessionadmin_bench_main
-bench: install services
-	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+bench: install bench-deps services setup
 	@psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = 'sessionadmin_bench_main'" | grep -q 1 \
 		|| psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE sessionadmin_bench_main"
-	DATABASE_URL=$(PG_BENCH_URL) $(BIN)/python manage.py migrate -v0
-	DATABASE_URL=$(PG_BENCH_URL) $(BIN)/python manage.py benchmark all
-
-# Celery on its own, one process per terminal (production runs them as separate services;
-# `make run` starts both with the web server). Only one beat may run.
-.PHONY: worker beat
-worker: install
-	$(BIN)/python -m celery -A sessionadmin worker --loglevel INFO --hostname worker@%h
-
-beat: install
-	$(BIN)/python -m celery -A sessionadmin beat --loglevel INFO --schedule var/celerybeat-schedule
+	DATABASE_URL=$(PG_BENCH_URL) $(MANAGE) migrate -v0
+	DATABASE_URL=$(PG_BENCH_URL) $(BIN)/python -m bench all

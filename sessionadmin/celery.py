@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, before_task_publish, worker_ready
+from celery.signals import beat_init, before_task_publish, worker_init, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sessionadmin.settings")
 
@@ -24,16 +24,6 @@ logger = logging.getLogger(__name__)
 
 app = Celery("sessionadmin")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-# A queue of its own per test run or benchmark, so a shared Redis never mixes their messages.
-if os.environ.get("SESSIONADMIN_CELERY_QUEUE"):
-    app.conf.task_default_queue = os.environ["SESSIONADMIN_CELERY_QUEUE"]
-# Redis redelivers an unacknowledged message only after this many seconds (kombu's default is
-# one hour); it must stay longer than the longest task's hard time limit.
-if os.environ.get("CELERY_VISIBILITY_TIMEOUT"):
-    app.conf.broker_transport_options = {
-        **(app.conf.broker_transport_options or {}),
-        "visibility_timeout": float(os.environ["CELERY_VISIBILITY_TIMEOUT"]),
-    }
 app.autodiscover_tasks()
 
 HEARTBEAT_TASK = "sessionadmin.tasks.heartbeat"
@@ -47,6 +37,22 @@ def _beat(name: str, **details: Any) -> None:
         record_heartbeat(name, details=details)
     except Exception:
         logger.exception("could not record the %s heartbeat", name)
+
+
+@worker_init.connect
+@beat_init.connect
+def _require_secret_key(**kwargs: Any) -> None:
+    # Celery logs and swallows exceptions raised by signal handlers: SystemExit is not one of
+    # them, so a worker or beat with no key stops at once with the reason, instead of failing
+    # later on every task that signs or decrypts something.
+    from django.core.exceptions import ImproperlyConfigured
+
+    from sessionadmin.bootstrap import require_secret_key
+
+    try:
+        require_secret_key()
+    except ImproperlyConfigured as exc:
+        raise SystemExit(f"sessionadmin: {exc}") from None
 
 
 @worker_ready.connect

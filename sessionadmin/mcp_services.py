@@ -300,7 +300,7 @@ def add_client(
     rewritten ``.mcp.json``, in one transaction. A failed handshake is audited
     (``mcp_client_add_failed``), leaves no row, and raises McpOperationFailed."""
     session = _active_session(session_id)
-    catalog = _resolve_server(server) if server not in (None, "") else None
+    catalog = _resolve_server(server) if server is not None and server != "" else None
     if catalog is None:
         url = _check_adhoc_url(url, transport)
         target = Target(transport, url=url)

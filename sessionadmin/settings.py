@@ -1,40 +1,75 @@
 """The one settings file of sessionadmin.
 
-Every knob is an environment variable read through the small typed helpers below, and every
-default works with nothing installed but ``requirements.txt``: SQLite and the workspaces under
-``./var``, Celery on kombu's ``filesystem://`` broker. ``DATABASE_URL`` and
-``CELERY_BROKER_URL`` switch to PostgreSQL and Redis/RabbitMQ in production.
+Every knob is an environment variable read here, and only here, through the small typed helpers
+below: a value that does not parse is an ``ImproperlyConfigured`` naming the variable, never a
+silent default. Every default works with nothing installed but the runtime requirements: SQLite
+and the workspaces under ``./var``, Celery on kombu's ``filesystem://`` broker.
+``DATABASE_URL`` and ``CELERY_BROKER_URL`` switch to PostgreSQL and Redis/RabbitMQ in production.
+
+Importing this module writes nothing. ``python manage.py setup`` (which ``make run`` and the
+``run`` command call) creates ``var/``, the secret key file and the broker's folders.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import secrets
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from django.core.exceptions import ImproperlyConfigured
+
 BASE_DIR = Path(__file__).resolve().parent.parent
+
+TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+FALSE_WORDS = frozenset({"0", "false", "no", "off"})
+
+
+def _raw(name: str) -> str:
+    return os.environ.get(name, "").strip()
 
 
 def env_str(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-def env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    return int(raw) if raw else default
+def env_int(name: str, default: int, *, minimum: int | None = None) -> int:
+    raw = _raw(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {value}")
+    return value
 
 
-def env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "").strip()
-    return float(raw) if raw else default
+def env_float(name: str, default: float, *, minimum: float | None = None) -> float:
+    raw = _raw(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be a number, not {raw!r}") from None
+    if not math.isfinite(value):
+        raise ImproperlyConfigured(f"{name} must be a finite number, not {raw!r}")
+    if minimum is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {value}")
+    return value
 
 
 def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name, "").strip().lower()
+    raw = _raw(name).lower()
     if not raw:
         return default
-    return raw in {"1", "true", "yes", "on"}
+    if raw in TRUE_WORDS:
+        return True
+    if raw in FALSE_WORDS:
+        return False
+    raise ImproperlyConfigured(f"{name} must be one of {', '.join(sorted(TRUE_WORDS | FALSE_WORDS))}, not {raw!r}")
 
 
 def env_list(name: str, default: str) -> list[str]:
@@ -42,28 +77,23 @@ def env_list(name: str, default: str) -> list[str]:
 
 
 def env_path(name: str, default: Path) -> Path:
-    raw = os.environ.get(name, "").strip()
+    raw = _raw(name)
     return Path(raw).expanduser().resolve() if raw else default
 
 
 VAR_DIR = env_path("SESSIONADMIN_VAR_DIR", BASE_DIR / "var")
-VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+SECRET_KEY_FILE = VAR_DIR / "secret_key"
 
 
-def _persistent_secret(name: str) -> str:
-    """A random secret kept in ``var/`` so a zero-setup install keeps its sessions and its
-    encrypted MCP secrets across restarts. Production passes the value by env var instead."""
-    path = VAR_DIR / name
+def _read_secret(path: Path) -> str:
+    """The key ``manage.py setup`` wrote, or "" when there is none yet: web, worker and beat
+    must share one key, so nothing here makes up an ephemeral one. An empty SECRET_KEY lets
+    commands that need no key (setup, migrate) run; the web, worker and beat processes refuse
+    to start without one (``sessionadmin.bootstrap.require_secret_key``)."""
     try:
         return path.read_text().strip()
     except FileNotFoundError:
-        value = secrets.token_urlsafe(50)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(value)
-        return value
-    except OSError:
-        return secrets.token_urlsafe(50)
+        return ""
 
 
 def database_from_url(url: str) -> dict[str, object]:
@@ -83,14 +113,14 @@ def database_from_url(url: str) -> dict[str, object]:
             "PASSWORD": unquote(parts.password or ""),
             "HOST": parts.hostname or "",
             "PORT": str(parts.port or ""),
-            "CONN_MAX_AGE": env_int("SESSIONADMIN_CONN_MAX_AGE", 60),
+            "CONN_MAX_AGE": env_int("SESSIONADMIN_CONN_MAX_AGE", 60, minimum=0),
             # A SELECT 1 before a reused connection's first query in each request: survives a
             # database restart at the cost of one round trip per request.
             "CONN_HEALTH_CHECKS": env_bool("SESSIONADMIN_CONN_HEALTH_CHECKS", True),
             "OPTIONS": options,
             "TEST": {"NAME": env_str("SESSIONADMIN_TEST_DB_NAME", "test_sessionadmin")},
         }
-    raise ValueError(f"DATABASE_URL scheme {parts.scheme!r} is not supported")
+    raise ImproperlyConfigured(f"DATABASE_URL: scheme {parts.scheme!r} is not supported (sqlite or postgres)")
 
 
 def sqlite_database(path: Path) -> dict[str, object]:
@@ -110,7 +140,7 @@ def sqlite_database(path: Path) -> dict[str, object]:
     }
 
 
-SECRET_KEY = env_str("SESSIONADMIN_SECRET_KEY", "") or _persistent_secret("secret_key")
+SECRET_KEY = env_str("SESSIONADMIN_SECRET_KEY", "").strip() or _read_secret(SECRET_KEY_FILE)
 DEBUG = env_bool("SESSIONADMIN_DEBUG", False)
 ALLOWED_HOSTS = env_list("SESSIONADMIN_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver")
 CSRF_TRUSTED_ORIGINS = env_list("SESSIONADMIN_CSRF_TRUSTED_ORIGINS", "")
@@ -183,9 +213,8 @@ USE_I18N = False
 USE_TZ = True
 
 STATIC_URL = "static/"
+# WhiteNoise scans it at start-up (and warns when it is missing): `manage.py setup` creates it.
 STATIC_ROOT = env_path("SESSIONADMIN_STATIC_ROOT", VAR_DIR / "staticfiles")
-# WhiteNoise scans it at start-up (and warns when it is missing) even before collectstatic.
-STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -196,7 +225,7 @@ STORAGES = {
 WHITENOISE_USE_FINDERS = env_bool("SESSIONADMIN_WHITENOISE_USE_FINDERS", True)
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("SESSIONADMIN_MAX_BODY_BYTES", 256 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("SESSIONADMIN_MAX_BODY_BYTES", 256 * 1024, minimum=1)
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SESSIONADMIN_SECURE_COOKIES", False)
@@ -205,21 +234,21 @@ CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 # --- sessionadmin -------------------------------------------------------------------------
 SESSIONADMIN_WORKSPACE_ROOT = env_path("SESSIONADMIN_WORKSPACE_ROOT", VAR_DIR / "workspaces")
 # 0 means no global limit; orgs may still set their own.
-SESSIONADMIN_MAX_CONCURRENT = env_int("SESSIONADMIN_MAX_CONCURRENT", 100)
+SESSIONADMIN_MAX_CONCURRENT = env_int("SESSIONADMIN_MAX_CONCURRENT", 100, minimum=0)
 # Sessions idle longer than this are ended by the inactivity cleanup (an org may override it).
-SESSIONADMIN_IDLE_TIMEOUT_SECONDS = env_int("SESSIONADMIN_IDLE_TIMEOUT_SECONDS", 24 * 3600)
+SESSIONADMIN_IDLE_TIMEOUT_SECONDS = env_int("SESSIONADMIN_IDLE_TIMEOUT_SECONDS", 24 * 3600, minimum=1)
 # last_active_at is written at most once per session per this many seconds.
-SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS = env_int("SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS", 30)
-SESSIONADMIN_MCP_TIMEOUT_SECONDS = env_float("SESSIONADMIN_MCP_TIMEOUT_SECONDS", 10.0)
+SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS = env_int("SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS", 30, minimum=0)
+SESSIONADMIN_MCP_TIMEOUT_SECONDS = env_float("SESSIONADMIN_MCP_TIMEOUT_SECONDS", 10.0, minimum=0.1)
 # Key for MCP header/env secrets at rest; derived from SECRET_KEY when not given.
 SESSIONADMIN_SECRETS_KEY = env_str("SESSIONADMIN_SECRETS_KEY", "")
 # Ended session rows older than this are purged; 0 keeps them forever.
-SESSIONADMIN_HISTORY_RETENTION_DAYS = env_int("SESSIONADMIN_HISTORY_RETENTION_DAYS", 90)
+SESSIONADMIN_HISTORY_RETENTION_DAYS = env_int("SESSIONADMIN_HISTORY_RETENTION_DAYS", 90, minimum=0)
 # Audit entries older than this are purged; 0 (the default) keeps them forever.
-SESSIONADMIN_AUDIT_RETENTION_DAYS = env_int("SESSIONADMIN_AUDIT_RETENTION_DAYS", 0)
+SESSIONADMIN_AUDIT_RETENTION_DAYS = env_int("SESSIONADMIN_AUDIT_RETENTION_DAYS", 0, minimum=0)
 # Workspace directories with no live session are removed once older than this.
-SESSIONADMIN_ORPHAN_GRACE_SECONDS = env_int("SESSIONADMIN_ORPHAN_GRACE_SECONDS", 3600)
-SESSIONADMIN_CLEANUP_BATCH_SIZE = env_int("SESSIONADMIN_CLEANUP_BATCH_SIZE", 500)
+SESSIONADMIN_ORPHAN_GRACE_SECONDS = env_int("SESSIONADMIN_ORPHAN_GRACE_SECONDS", 3600, minimum=0)
+SESSIONADMIN_CLEANUP_BATCH_SIZE = env_int("SESSIONADMIN_CLEANUP_BATCH_SIZE", 500, minimum=1)
 # The gateway that serves the sessions created here (one per host holding workspaces),
 # recorded on each session.
 SESSIONADMIN_GATEWAY_NAME = env_str("SESSIONADMIN_GATEWAY_NAME", "local")
@@ -237,29 +266,42 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "control_folder": str(CELERY_BROKER_DIR / "control"),
         "processed_folder": str(CELERY_BROKER_DIR / "processed"),
         "store_processed": False,
-        "polling_interval": env_float("CELERY_POLLING_INTERVAL", 0.1),
+        "polling_interval": env_float("CELERY_POLLING_INTERVAL", 0.1, minimum=0.01),
     }
-    for _folder in ("queue", "control", "processed"):
-        (CELERY_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
+# Redis redelivers an unacknowledged message only after this many seconds (kombu's default is
+# one hour); it must stay longer than the longest task's hard time limit.
+_VISIBILITY_TIMEOUT = env_float("CELERY_VISIBILITY_TIMEOUT", 0.0, minimum=0)
+if _VISIBILITY_TIMEOUT:
+    CELERY_BROKER_TRANSPORT_OPTIONS["visibility_timeout"] = _VISIBILITY_TIMEOUT
+# A queue of its own per test run or benchmark, so a shared Redis never mixes their messages.
+CELERY_TASK_DEFAULT_QUEUE = env_str("SESSIONADMIN_CELERY_QUEUE", "").strip() or "celery"
 CELERY_RESULT_BACKEND = env_str("CELERY_RESULT_BACKEND", "") or None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
-CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300)
-CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360)
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300, minimum=1)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360, minimum=1)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 
+# --- `manage.py run` (`make run`): web, worker and beat on one machine ----------------------
+SESSIONADMIN_BIND = env_str("SESSIONADMIN_BIND", "127.0.0.1:8000")
+SESSIONADMIN_WEB_WORKERS = env_int("SESSIONADMIN_WEB_WORKERS", 2, minimum=1)
+SESSIONADMIN_WORKER_CONCURRENCY = env_int("CELERY_CONCURRENCY", 2, minimum=1)
+
+LOG_LEVEL = env_str("SESSIONADMIN_LOG_LEVEL", "INFO").strip().upper()
+if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+    raise ImproperlyConfigured(f"SESSIONADMIN_LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL, not {LOG_LEVEL!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("SESSIONADMIN_LOG_LEVEL", "INFO")},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},
         # The MCP SDK's HTTP client logs every request (with its URL) at INFO.

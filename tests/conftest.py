@@ -1,4 +1,2 @@
-import os
-
-# Tests never read the developer's own var/ secrets or queues.
-os.environ.setdefault("SESSIONADMIN_LOG_LEVEL", "WARNING")
+# The test process's own VAR_DIR and secret key are set by the plugin tests/isolation.py (loaded
+# with -p from pyproject.toml): pytest-django imports the settings before this file is read.

@@ -1,6 +1,6 @@
 """Run the whole system in the foreground: web server (gunicorn), one Celery worker and Celery
-beat. Ctrl-C (or SIGTERM) stops all three; if one of them dies, the others are stopped too and
-the command exits non-zero, so a supervisor notices."""
+beat, each one entry of ``processes()``. Ctrl-C (or SIGTERM) stops them all; if one of them dies,
+the others are stopped too and the command exits non-zero, so a supervisor notices."""
 
 from __future__ import annotations
 
@@ -12,52 +12,39 @@ import time
 from typing import Any
 
 from django.conf import settings
+from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
 STOP_GRACE_SECONDS = 15
+
+
+def processes(*, bind: str, web_workers: int, concurrency: int) -> dict[str, list[str]]:
+    """Name -> command line of every process ``run`` starts (and stops, in this order)."""
+    python = sys.executable
+    celery = [python, "-m", "celery", "-A", "sessionadmin"]
+    return {
+        "web": [
+            os.path.join(os.path.dirname(python), "gunicorn"), "sessionadmin.wsgi", "--bind", bind,
+            "--workers", str(web_workers), "--access-logfile", "-", "--graceful-timeout", "10",
+        ],
+        "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", str(concurrency), "--hostname", "worker@%h"],
+        "beat": [*celery, "beat", "--loglevel", "INFO", "-s", str(settings.VAR_DIR / "celerybeat-schedule")],
+    }  # fmt: skip
 
 
 class Command(BaseCommand):
     help = "Start web, Celery worker and Celery beat together; Ctrl-C stops them all."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--bind", default=os.environ.get("SESSIONADMIN_BIND", "127.0.0.1:8000"))
-        parser.add_argument("--web-workers", type=int, default=int(os.environ.get("SESSIONADMIN_WEB_WORKERS", "2")))
-        parser.add_argument("--concurrency", type=int, default=int(os.environ.get("CELERY_CONCURRENCY", "2")))
+        parser.add_argument("--bind", default=settings.SESSIONADMIN_BIND, help="host:port of the web server")
+        parser.add_argument("--web-workers", type=int, default=settings.SESSIONADMIN_WEB_WORKERS)
+        parser.add_argument("--concurrency", type=int, default=settings.SESSIONADMIN_WORKER_CONCURRENCY)
 
     def handle(self, *args: Any, bind: str, web_workers: int, concurrency: int, **options: Any) -> None:
-        python = sys.executable
-        bindir = os.path.dirname(python)
-        schedule = settings.VAR_DIR / "celerybeat-schedule"
-        commands = {
-            "web": [
-                os.path.join(bindir, "gunicorn"),
-                "sessionadmin.wsgi",
-                "--bind",
-                bind,
-                "--workers",
-                str(web_workers),
-                "--access-logfile",
-                "-",
-                "--graceful-timeout",
-                "10",
-            ],
-            "worker": [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "sessionadmin",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                str(concurrency),
-                "--hostname",
-                "worker@%h",
-            ],
-            "beat": [python, "-m", "celery", "-A", "sessionadmin", "beat", "--loglevel", "INFO", "-s", str(schedule)],
-        }
+        # var/, the secret key and the broker folders, in case `setup` was not run (idempotent).
+        call_command("setup", verbosity=0, stdout=self.stdout)
+        commands = processes(bind=bind, web_workers=web_workers, concurrency=concurrency)
+        names = ", ".join(commands)
         procs: dict[str, subprocess.Popen[bytes]] = {}
         stopping = False
 
@@ -77,7 +64,7 @@ class Command(BaseCommand):
             # children in order (a worker finishing its task gets its grace period).
             procs[name] = subprocess.Popen(cmd, start_new_session=True)
             self.stdout.write(f"started {name} (pid {procs[name].pid}): {' '.join(cmd)}")
-        self.stdout.write(self.style.SUCCESS(f"sessionadmin is up at http://{bind}/ (Ctrl-C stops web, worker and beat)"))
+        self.stdout.write(self.style.SUCCESS(f"sessionadmin is up at http://{bind}/ (Ctrl-C stops {names})"))
         exit_code = 0
         while not stopping:
             for name, proc in procs.items():
@@ -87,12 +74,12 @@ class Command(BaseCommand):
                     stopping = True
                     break
             time.sleep(0.5)
-        self._stop_all(procs)
+        self._stop_all(procs, names)
         if exit_code:
             raise SystemExit(exit_code)
 
-    def _stop_all(self, procs: dict[str, subprocess.Popen[bytes]]) -> None:
-        self.stdout.write("stopping web, worker and beat (Ctrl-C again to force)...")
+    def _stop_all(self, procs: dict[str, subprocess.Popen[bytes]], names: str) -> None:
+        self.stdout.write(f"stopping {names} (Ctrl-C again to force)...")
         for proc in procs.values():
             if proc.poll() is None:
                 # The leader only: gunicorn and the Celery worker stop their own children (a

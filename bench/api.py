@@ -45,6 +45,8 @@ from django.urls import URLPattern, URLResolver, path
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
+from bench import REPO, command
+
 BENCH_DB = "sessionadmin_bench_api"
 TARGET_HEARTBEAT_RPS = 1000
 TARGET_HEARTBEAT_P99_MS = 50
@@ -79,7 +81,7 @@ def _urlpatterns() -> list[URLPattern | URLResolver]:
 
 
 def __getattr__(name: str) -> Any:
-    # ``urlpatterns`` built lazily, so importing this module (the benchmark command imports
+    # ``urlpatterns`` built lazily, so importing this module (``python -m bench`` imports
     # every benchmark for its --help) does not import the whole URLconf.
     if name == "urlpatterns":
         return _urlpatterns()
@@ -159,8 +161,8 @@ def run(out: Any, **opts: Any) -> None:
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, check=True)
         seeded = subprocess.run(
-            [*manage, "benchmark", "api", "--seed", "--sessions", str(opts["sessions"]), "--cap", str(opts["cap"])],
-            env=env, check=True, capture_output=True, text=True,
+            command("api", "--seed", "--sessions", str(opts["sessions"]), "--cap", str(opts["cap"])),
+            env=env, check=True, capture_output=True, text=True, cwd=REPO,
         )  # fmt: skip
         data = json.loads(seeded.stdout.strip().splitlines()[-1])
         bench = psycopg.connect(dbname=BENCH_DB, autocommit=True, **conninfo)

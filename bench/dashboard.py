@@ -28,6 +28,8 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import CommandError
 
+from bench import REPO, command
+
 BENCH_DB = "sessionadmin_bench"
 N_ORGS = 500
 N_USERS = 20_000
@@ -81,7 +83,7 @@ def run(out: Any, **opts: Any) -> None:
         manage = Path(settings.BASE_DIR) / "manage.py"
         if not opts["reuse"]:
             subprocess.run([sys.executable, str(manage), "migrate", "-v0"], env=env, check=True)
-        proc = subprocess.run([sys.executable, str(manage), "benchmark", "dashboard", *args], env=env, check=False)
+        proc = subprocess.run(command("dashboard", *args), env=env, check=False, cwd=REPO)
         if proc.returncode:
             raise CommandError(f"the benchmark child failed with code {proc.returncode}")
     finally:

@@ -26,6 +26,8 @@ from typing import Any
 
 from django.conf import settings
 
+from bench import REPO, command
+
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 PG_BENCH_DB = "sessionadmin_bench_create"
 
@@ -86,9 +88,7 @@ def run_child(db: str, opts: dict[str, Any]) -> dict[str, Any]:
         subprocess.run([sys.executable, str(manage), "migrate", "-v0"], env=env, check=True)
         proc = subprocess.run(
             [
-                sys.executable,
-                str(manage),
-                "benchmark",
+                *command(),
                 "create",
                 "--inner",
                 "--count",
@@ -100,6 +100,7 @@ def run_child(db: str, opts: dict[str, Any]) -> dict[str, Any]:
             check=True,
             capture_output=True,
             text=True,
+            cwd=REPO,
         )
         return json.loads(proc.stdout.strip().splitlines()[-1])
     finally:

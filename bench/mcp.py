@@ -12,6 +12,8 @@ import asyncio
 import secrets
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,6 +25,9 @@ from django.test import Client as DjangoClient
 from django.test.utils import override_settings
 from django.urls import reverse
 
+from bench import REPO
+
+SERVER_SCRIPT = REPO / "tests" / "mcp_servers" / "server.py"
 TARGET_RATIO = 1.3
 TARGET_HEALTH_SECONDS = 3.0
 
@@ -32,6 +37,27 @@ def add_arguments(parser: CommandParser) -> None:
     parser.add_argument("--sessions", type=int, default=50, help="sessions in the health pass (default 50)")
     parser.add_argument("--clients-per-session", type=int, default=2, help="clients per session in the health pass (default 2)")
     parser.add_argument("--concurrency", type=int, default=10, help="health pass concurrency (default 10)")
+
+
+class RunningServer:
+    """``server.py`` over streamable HTTP on 127.0.0.1, on a port it picks and prints first."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SERVER_SCRIPT), "streamable-http"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.startswith("PORT "):
+            self.stop()
+            raise RuntimeError(f"{SERVER_SCRIPT} did not start: {line!r}")
+        self.url = f"http://127.0.0.1:{int(line.split()[1])}/mcp"
+
+    def stop(self) -> None:
+        self.proc.kill()  # no graceful shutdown: uvicorn would wait for idle keep-alive streams
+        self.proc.wait(timeout=10)
+        if self.proc.stdout:
+            self.proc.stdout.close()
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -86,11 +112,10 @@ def run(out: Any, *, iterations: int, sessions: int, clients_per_session: int, c
     from sessionadmin.manager import SessionManager
     from sessionadmin.models import AgentSession, AuditEntry, McpClient, McpServer, Org
     from sessionadmin.roles import OPERATE_PERMISSION
-    from tests.mcp_servers import RunningServer
 
     tag = f"bench-mcp-{secrets.token_hex(4)}"
     tmp = Path(tempfile.mkdtemp(prefix="sessionadmin-bench-mcp-"))
-    servers = [RunningServer("streamable-http"), RunningServer("streamable-http")]
+    servers = [RunningServer(), RunningServer()]
     org = Org.objects.create(id=tag, name="MCP benchmark (throwaway)")
     entries = [
         mcp_services.save_server(McpServer(name=f"{tag}-{i}", transport="streamable_http", url=s.url), actor=tag)

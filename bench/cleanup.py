@@ -28,6 +28,8 @@ from typing import Any
 
 from django.conf import settings
 
+from bench import command
+
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 PG_BENCH_DB = "sessionadmin_bench_cleanup"
 REDIS_URL = "redis://127.0.0.1:6379/14"
@@ -116,8 +118,7 @@ def run_child(db: str, opts: dict[str, Any], sessions: int, *, floor: bool) -> d
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, check=True)
         args = [
-            *manage,
-            "benchmark",
+            *command(),
             "cleanup",
             "--inner",
             "--sessions",

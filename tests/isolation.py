@@ -1,0 +1,37 @@
+"""A pytest plugin (``-p tests.isolation`` in pyproject's addopts) that gives the test process a
+temporary ``VAR_DIR`` and a secret key of its own.
+
+It has to be a plugin: pytest-django imports the settings before any conftest.py, so an
+environment variable set in a conftest comes too late. Child processes (Celery workers,
+parallel creators, MCP servers) inherit the environment. The test process never reads nor
+writes the repository's ``var/``: the SQLite test database, the broker's folders and the
+static root live in the temporary folder, removed when the run ends.
+
+Run pytest as ``python -m pytest`` from the repository root (the Makefile does): ``-p`` imports
+this module by name before anything puts the repository on ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import tempfile
+
+import pytest
+
+VAR_DIR = tempfile.mkdtemp(prefix="sessionadmin-test-var-")
+os.environ["SESSIONADMIN_VAR_DIR"] = VAR_DIR
+os.environ["SESSIONADMIN_SECRET_KEY"] = secrets.token_urlsafe(50)
+os.environ.setdefault("SESSIONADMIN_LOG_LEVEL", "WARNING")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Django is set up by now (pytest-django did it while loading the initial conftests).
+    from sessionadmin import bootstrap
+
+    bootstrap.prepare()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(VAR_DIR, ignore_errors=True)
