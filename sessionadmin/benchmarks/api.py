@@ -1,6 +1,6 @@
 """Runtime API under load: activity heartbeats and session creates through gunicorn, with wrk.
 
-Runs against a PostgreSQL database of its own (``sessionadmin_bench_api``, created on the server
+Runs against a PostgreSQL database of its own (``--database``, default ``sessionadmin_bench_api``, created on the server
 of the configured ``DATABASE_URL`` and dropped at the end unless ``--keep``), never the
 developer's data. Steps: migrate it; seed orgs, a token and ``--sessions`` active sessions; start
 gunicorn (``--workers``, default 4) on a free loopback port with workspaces in a temporary folder
@@ -117,7 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="activity resolution, seconds (default: the setting's default)",
     )
     parser.add_argument("--cap", type=int, default=50, help="max_sessions of the capped org")
-    parser.add_argument("--keep", action="store_true", help=f"keep the {BENCH_DB} database afterwards")
+    # Its own name when several people benchmark on one server at once.
+    parser.add_argument("--database", default=BENCH_DB, help=f"the database to create and drop (default {BENCH_DB})")
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument(
         "--no-health-checks", action="store_true", help="serve with CONN_HEALTH_CHECKS off (one SELECT 1 less per request)"
     )
@@ -140,14 +142,15 @@ def run(out: Any, **opts: Any) -> None:
         k: v for k, v in {"host": db["HOST"], "port": db["PORT"], "user": db["USER"], "password": db["PASSWORD"]}.items() if v
     }
     admin = psycopg.connect(dbname="postgres", autocommit=True, **conninfo)
+    bench_db = opts["database"]
     tmp = Path(tempfile.mkdtemp(prefix="sessionadmin-bench-api-"))
     try:
-        admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
+        admin.execute(f'DROP DATABASE IF EXISTS "{bench_db}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{bench_db}"')
         user = f"{db['USER']}{':' + db['PASSWORD'] if db['PASSWORD'] else ''}@" if db["USER"] else ""
         env = {
             **os.environ,
-            "DATABASE_URL": f"postgres://{user}{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{BENCH_DB}",
+            "DATABASE_URL": f"postgres://{user}{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{bench_db}",
             "SESSIONADMIN_LOG_LEVEL": "ERROR",
             "SESSIONADMIN_SECRET_KEY": settings.SECRET_KEY,
             "SESSIONADMIN_WORKSPACE_ROOT": str(tmp / "workspaces"),
@@ -163,12 +166,12 @@ def run(out: Any, **opts: Any) -> None:
             env=env, check=True, capture_output=True, text=True,
         )  # fmt: skip
         data = json.loads(seeded.stdout.strip().splitlines()[-1])
-        bench = psycopg.connect(dbname=BENCH_DB, autocommit=True, **conninfo)
+        bench = psycopg.connect(dbname=bench_db, autocommit=True, **conninfo)
         measure(out, opts, env, data, bench, wrk, tmp)
         bench.close()
     finally:
         if not opts["keep"]:
-            admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+            admin.execute(f'DROP DATABASE IF EXISTS "{bench_db}" WITH (FORCE)')
         admin.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -319,7 +322,7 @@ def measure(out: Any, opts: dict[str, Any], env: dict[str, str], data: dict[str,
     health = "off" if opts["no_health_checks"] else "on"
     server = f"gunicorn -w {opts['workers']} on {base} (CONN_HEALTH_CHECKS {health})"
     load = f"wrk -t{opts['threads']} -c{opts['connections']} -d{opts['duration']}s"
-    out.write(f"{server}, {load}, PostgreSQL database {BENCH_DB}, {n} sessions, activity resolution {opts['resolution']} s")
+    out.write(f"{server}, {load}, PostgreSQL database {opts['database']}, {n} sessions, activity resolution {opts['resolution']} s")
     results: dict[str, dict[str, Any]] = {}
     updates_before = session_updates(bench)
     proc = start_gunicorn(env, opts["workers"], port)
