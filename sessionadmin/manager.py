@@ -26,12 +26,11 @@ from sessionadmin import audit, workspaces
 from sessionadmin.audit import AuditLogger
 from sessionadmin.models import AgentSession, AuditEntry, LimitLock, Org
 from sessionadmin.prompts import MAX_PROMPT_LENGTH, ComposedPrompt, DefaultPromptComposer, PromptComposer, sha256
-from sessionadmin.validation import clean_variables, id_problem, variables_problem
+from sessionadmin.validation import MAX_REASON_LENGTH, clean_variables, id_problem, text_problem, variables_problem
 
 logger = logging.getLogger(__name__)
 
 INACTIVITY_ACTOR = "system:inactivity-cleanup"
-MAX_REASON_LENGTH = 500
 
 
 class SessionError(Exception):
@@ -88,6 +87,9 @@ def check_reason(reason: str) -> str:
     reason = (reason or "").strip()
     if len(reason) > MAX_REASON_LENGTH:
         raise InvalidInput(f"reason is longer than {MAX_REASON_LENGTH} characters")
+    problem = text_problem(reason)
+    if problem:
+        raise InvalidInput(f"reason {problem}")
     return reason
 
 

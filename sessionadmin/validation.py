@@ -13,12 +13,15 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 MAX_ID_LENGTH = 128
-# Letters, digits and ._@- ; the first character may not be "." or "-".
-_ID_RE = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9._@-]{0,127}", re.ASCII)
-_VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}", re.ASCII)
+# Letters, digits and ._@- ; the first character may not be "." or "-" (and ".." is refused).
+ID_PATTERN = f"[A-Za-z0-9_@][A-Za-z0-9._@-]{{0,{MAX_ID_LENGTH - 1}}}"
+VARIABLE_NAME_PATTERN = "[A-Za-z_][A-Za-z0-9_]{0,63}"
+_ID_RE = re.compile(ID_PATTERN, re.ASCII)
+_VAR_NAME_RE = re.compile(VARIABLE_NAME_PATTERN, re.ASCII)
 MAX_VARIABLES = 32
 MAX_VARIABLE_VALUE_LENGTH = 4096
 RESERVED_VARIABLES = frozenset({"user_id", "org_id", "session_id"})
+MAX_REASON_LENGTH = 500
 
 
 def id_problem(value: object) -> str | None:
@@ -53,6 +56,18 @@ def validate_user_id_field(value: str) -> None:
         raise ValidationError(f"Invalid user id: {problem}.", code="invalid_user_id")
 
 
+def text_problem(value: str) -> str | None:
+    """Why a string cannot be stored as text: PostgreSQL refuses NUL, and a lone surrogate
+    (which JSON's ``\\ud800`` escape can produce) has no UTF-8 encoding."""
+    if "\x00" in value:
+        return "must not contain NUL characters"
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return "must not contain unpaired surrogates"
+    return None
+
+
 def variables_problem(variables: object) -> str | None:
     """Why a prompt-variables mapping is unacceptable, or None."""
     if variables is None:
@@ -71,6 +86,9 @@ def variables_problem(variables: object) -> str | None:
             return f"variable {name!r} must be a string, a number or a boolean"
         if len(str(value)) > MAX_VARIABLE_VALUE_LENGTH:
             return f"variable {name!r} is longer than {MAX_VARIABLE_VALUE_LENGTH} characters"
+        problem = text_problem(value) if isinstance(value, str) else None
+        if problem:
+            return f"variable {name!r} {problem}"
     return None
 
 

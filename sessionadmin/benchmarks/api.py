@@ -322,7 +322,9 @@ def measure(out: Any, opts: dict[str, Any], env: dict[str, str], data: dict[str,
     health = "off" if opts["no_health_checks"] else "on"
     server = f"gunicorn -w {opts['workers']} on {base} (CONN_HEALTH_CHECKS {health})"
     load = f"wrk -t{opts['threads']} -c{opts['connections']} -d{opts['duration']}s"
-    out.write(f"{server}, {load}, PostgreSQL database {opts['database']}, {n} sessions, activity resolution {opts['resolution']} s")
+    out.write(
+        f"{server}, {load}, PostgreSQL database {opts['database']}, {n} sessions, activity resolution {opts['resolution']} s"
+    )
     results: dict[str, dict[str, Any]] = {}
     updates_before = session_updates(bench)
     proc = start_gunicorn(env, opts["workers"], port)
