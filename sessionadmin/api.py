@@ -20,12 +20,12 @@ import logging
 import math
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, NamedTuple
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseNotAllowed, JsonResponse
@@ -169,8 +169,8 @@ def decode_cursor(cursor: Any) -> tuple[datetime, uuid.UUID]:
         created_at = datetime.fromisoformat(at)
         if created_at.tzinfo is None:
             raise ValueError("naive time")
-        return created_at, uuid.UUID(sid)
-    except (TypeError, ValueError, binascii.Error):  # UnicodeDecodeError is a ValueError
+        return created_at.astimezone(UTC), uuid.UUID(sid)  # in UTC, or OverflowError now, not in a query
+    except (TypeError, ValueError, OverflowError, binascii.Error):  # UnicodeDecodeError is a ValueError
         raise PydanticCustomError("invalid", "not a cursor returned by this API") from None
 
 
@@ -397,6 +397,8 @@ def as_api_error(exc: Exception) -> ApiError:
         return ApiError(413, "body_too_large", f"the body is larger than {settings.SESSIONADMIN_MAX_BODY_BYTES} bytes")
     if isinstance(exc, Http404):
         return ApiError(404, "not_found", "not found")
+    if isinstance(exc, SuspiciousOperation):  # too many query parameters, say
+        return ApiError(400, "invalid_request", "the request is malformed")
     logger.error("runtime API: unexpected %s", type(exc).__name__, exc_info=exc)
     return ApiError(500, "internal_error", "the server failed to answer this request")
 
@@ -694,11 +696,13 @@ def unknown_endpoint(request: HttpRequest, rest: str = "") -> HttpResponse:
 
 
 def api_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
-    """A view of the API: no login, no CSRF (a bearer token is not a cookie), and ninja's plain
-    text 405 as our JSON error (``Allow`` kept)."""
+    """A view of the API: no login, no CSRF (a bearer token is not a cookie), a Content-Length
+    that is a number, and ninja's plain text 405 as our JSON error (``Allow`` kept)."""
 
     @functools.wraps(view)
     def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not (request.META.get("CONTENT_LENGTH") or "0").isdigit():  # Django's request.body would raise
+            return ApiError(400, "invalid_request", "Content-Length is not a number").response()
         response = view(request, *args, **kwargs)
         if isinstance(response, HttpResponseNotAllowed):
             allowed = ", ".join(sorted(method.strip() for method in response["Allow"].split(",")))
