@@ -2,8 +2,8 @@
 
 The schemas below state what is accepted (unknown fields are refused, types are strict, the
 rules come from ``validation``) and the OpenAPI document at ``/api/v1/openapi.json`` is generated
-from them. Every token endpoint authenticates through ``BearerToken`` (``tokens.authenticate``).
-Whatever ninja, pydantic or a handler raises becomes ``{"error": {"code", "message",
+from them. Every token endpoint authenticates through ``BearerToken`` (``tokens.authenticate``;
+the heartbeat's one-SELECT lookup is its fast path, pinned to it by a test). Whatever ninja, pydantic or a handler raises becomes ``{"error": {"code", "message",
 "fields"?}}`` (``error_response``), so no input makes a 500. A token scoped to an org sees only
 that org's sessions; any other session is 404, exactly as if it did not exist. Writes go through
 the session manager with ``actor=token.actor``, which audits them.
@@ -301,7 +301,7 @@ class JsonObjectParser(Parser):
         if request.content_type != "application/json":
             raise ApiError(415, "unsupported_media_type", "the body must be application/json")
         try:
-            body = json.loads(request.body, parse_constant=refuse_non_finite, parse_float=finite_float)
+            body = json.loads(request.body, parse_constant=finite_float, parse_float=finite_float)
         except NonFinite:
             raise ApiError(400, "malformed_json", "the body has a number that is not finite (NaN, Infinity, 1e999)")
         except (ValueError, RecursionError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
@@ -315,12 +315,8 @@ class NonFinite(ValueError):
     pass
 
 
-def refuse_non_finite(constant: str) -> float:
-    raise NonFinite(constant)
-
-
 def finite_float(text: str) -> float:
-    value = float(text)
+    value = float(text)  # "NaN", "Infinity" and "1e999" all parse, and none is finite
     if not math.isfinite(value):
         raise NonFinite(text)
     return value
@@ -429,6 +425,10 @@ for handled in (Exception, Http404, HttpError, ValidationError):
 # --- sessions -------------------------------------------------------------------------------------
 
 
+def token_of(request: HttpRequest) -> ApiToken:
+    return request.auth  # type: ignore[attr-defined]  # set by BearerToken
+
+
 def sessions_of(token: ApiToken) -> AgentSessionQuerySet:
     """The sessions this token may see: its org's, or every one for an unscoped token."""
     qs = AgentSession.objects.all()
@@ -454,7 +454,7 @@ def get_visible_session(token: ApiToken, session_id: uuid.UUID) -> AgentSession:
 )
 def create_session(request: HttpRequest, payload: CreateSession, response: HttpResponse) -> Status[AgentSession]:
     """Create a session (workspace, composed prompt)."""
-    token: ApiToken = request.auth  # type: ignore[attr-defined]
+    token = token_of(request)
     # An org out of the token's scope gets the very answer an unknown org gets.
     unknown_org = invalid({"org_id": "unknown org"})
     if token.org_id and payload.org_id != token.org_id:
@@ -481,7 +481,7 @@ def create_session(request: HttpRequest, payload: CreateSession, response: HttpR
 @api.get("/sessions", response={200: SessionPage, **errors(400)})
 def list_sessions(request: HttpRequest, filters: Annotated[SessionFilters, ClosedQuery(...)]) -> dict[str, Any]:
     """Sessions, newest first, keyset-paginated on (created_at, id): stable while sessions are created."""
-    token: ApiToken = request.auth  # type: ignore[attr-defined]
+    token = token_of(request)
     qs = sessions_of(token).order_by("-created_at", "-id")
     wanted = {"org_id": filters.org_id, "user_id": filters.user_id, "status": filters.status}
     qs = qs.filter(**{name: value for name, value in wanted.items() if value is not None})
@@ -496,7 +496,7 @@ def list_sessions(request: HttpRequest, filters: Annotated[SessionFilters, Close
 @api.get("/sessions/{session_id}", response={200: SessionOut, **errors(404)})
 def get_session(request: HttpRequest, session_id: uuid.UUID) -> AgentSession:
     """One session (no secrets, no prompt)."""
-    return get_visible_session(request.auth, session_id)  # type: ignore[attr-defined]
+    return get_visible_session(token_of(request), session_id)
 
 
 @api.delete("/sessions/{session_id}", response={202: Deleted, **errors(400, 404, 413, 415)})
@@ -505,7 +505,7 @@ def delete_session(request: HttpRequest, session_id: uuid.UUID, payload: DeleteS
     worker. If the broker refuses the task the answer is still 202, with ``"cleanup": "pending"``:
     the session stays terminating and the maintenance enqueues it again, so the client has
     nothing to retry."""
-    token: ApiToken = request.auth  # type: ignore[attr-defined]
+    token = token_of(request)
     cleanup = end_session(token, session_id, reason=payload.reason)
     return Status(202, {"id": session_id, "status": AgentSession.Status.TERMINATING, "cleanup": cleanup})
 
@@ -618,7 +618,7 @@ def touch_session(session_id: uuid.UUID, *, now: datetime) -> None:
 @api.get("/sessions/{session_id}/system-prompt", response={200: SystemPrompt, **errors(404)})
 def get_system_prompt(request: HttpRequest, session_id: uuid.UUID) -> dict[str, Any]:
     """The composed system prompt and the layers it came from."""
-    session = get_visible_session(request.auth, session_id)  # type: ignore[attr-defined]
+    session = get_visible_session(token_of(request), session_id)
     return {"session_id": session.id, "system_prompt": session.system_prompt, "layers": session.prompt_provenance}
 
 
@@ -627,7 +627,7 @@ def get_mcp_config(request: HttpRequest, session_id: uuid.UUID, response: HttpRe
     """`mcpServers` of the session's attached clients; secrets only for tokens allowed to read them."""
     from sessionadmin import mcp_services
 
-    token: ApiToken = request.auth  # type: ignore[attr-defined]
+    token = token_of(request)
     session = get_visible_session(token, session_id)
     try:
         config = mcp_services.mcp_config_for(session, include_secrets=token.can_read_secrets)
