@@ -3,10 +3,11 @@
 The schemas below state what is accepted (unknown fields are refused, types are strict, the
 rules come from ``validation``) and the OpenAPI document at ``/api/v1/openapi.json`` is generated
 from them. Every token endpoint authenticates through ``BearerToken`` (``tokens.authenticate``;
-the heartbeat's one-SELECT lookup is its fast path, pinned to it by a test). Whatever ninja, pydantic or a handler raises becomes ``{"error": {"code", "message",
-"fields"?}}`` (``error_response``), so no input makes a 500. A token scoped to an org sees only
-that org's sessions; any other session is 404, exactly as if it did not exist. Writes go through
-the session manager with ``actor=token.actor``, which audits them.
+the heartbeat's one-SELECT lookup is its fast path, pinned to it by a test). Whatever ninja,
+pydantic or a handler raises becomes ``{"error": {"code", "message", "fields"?}}``
+(``error_response``), so no input makes a 500. A token scoped to an org sees only that org's
+sessions; any other session is 404, exactly as if it did not exist. Writes go through the
+session manager with ``actor=token.actor``, which audits them.
 """
 
 from __future__ import annotations
