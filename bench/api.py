@@ -1,16 +1,18 @@
 """Runtime API under load: activity heartbeats and session creates through gunicorn, with wrk.
 
-Runs against a PostgreSQL database of its own (``sessionadmin_bench_api``, created on the server
-of the configured ``DATABASE_URL`` and dropped at the end unless ``--keep``), never the
-developer's data. Steps: migrate it; seed orgs, a token and ``--sessions`` active sessions; start
-gunicorn (``--workers``, default 4) on a free loopback port with workspaces in a temporary folder
-and the activity resolution of ``--resolution``; then ``wrk`` runs, each bounded by ``--duration``:
+Runs against a PostgreSQL database of its own (``--database``, default ``sessionadmin_bench_api``,
+created on the server of the configured ``DATABASE_URL`` and dropped at the end unless ``--keep``),
+never the developer's data. Steps: migrate it; seed orgs, a token and ``--sessions`` active
+sessions; start gunicorn (``--workers``, default 4) on a free loopback port with workspaces in a
+temporary folder and the activity resolution of ``--resolution``; then ``wrk`` runs, each bounded
+by ``--duration``:
 
-1. floor: POST to a view that does nothing (routed only in this benchmark's URLconf), and to
-   one that runs ``SELECT 1`` (the floor of any endpoint that reads the database),
-2. heartbeat: POST /api/v1/sessions/<random session>/activity,
-3. create: POST /api/v1/sessions spread over a few orgs with high limits (throughput),
-4. limit: POST /api/v1/sessions in an org capped at ``--cap`` sessions (enforcement).
+1. one-query: POST to a view that runs ``SELECT 1`` (the floor of any endpoint that reads the
+   database),
+2. ``--rounds`` times, interleaved: the floor (POST to a view that does nothing, routed only in
+   this benchmark's URLconf), the heartbeat (POST /api/v1/sessions/<random session>/activity) and
+   creates (POST /api/v1/sessions spread over a few orgs with high limits: throughput),
+3. limit: POST /api/v1/sessions in an org capped at ``--cap`` sessions (enforcement).
 
 Database writes are counted from ``pg_stat_user_tables.n_tup_upd`` of the sessions table,
 read after gunicorn has exited (a backend flushes its statistics when it disconnects), and
@@ -28,6 +30,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -118,8 +121,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=30,
         help="activity resolution, seconds (default: the setting's default)",
     )
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of floor, heartbeat and create")
     parser.add_argument("--cap", type=int, default=50, help="max_sessions of the capped org")
-    parser.add_argument("--keep", action="store_true", help=f"keep the {BENCH_DB} database afterwards")
+    # Its own name when several people benchmark on one server at once.
+    parser.add_argument("--database", default=BENCH_DB, help=f"the database to create and drop (default {BENCH_DB})")
+    parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     parser.add_argument(
         "--no-health-checks", action="store_true", help="serve with CONN_HEALTH_CHECKS off (one SELECT 1 less per request)"
     )
@@ -142,14 +148,15 @@ def run(out: Any, **opts: Any) -> None:
         k: v for k, v in {"host": db["HOST"], "port": db["PORT"], "user": db["USER"], "password": db["PASSWORD"]}.items() if v
     }
     admin = psycopg.connect(dbname="postgres", autocommit=True, **conninfo)
+    bench_db = opts["database"]
     tmp = Path(tempfile.mkdtemp(prefix="sessionadmin-bench-api-"))
     try:
-        admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{BENCH_DB}"')
+        admin.execute(f'DROP DATABASE IF EXISTS "{bench_db}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{bench_db}"')
         user = f"{db['USER']}{':' + db['PASSWORD'] if db['PASSWORD'] else ''}@" if db["USER"] else ""
         env = {
             **os.environ,
-            "DATABASE_URL": f"postgres://{user}{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{BENCH_DB}",
+            "DATABASE_URL": f"postgres://{user}{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{bench_db}",
             "SESSIONADMIN_LOG_LEVEL": "ERROR",
             "SESSIONADMIN_SECRET_KEY": settings.SECRET_KEY,
             "SESSIONADMIN_WORKSPACE_ROOT": str(tmp / "workspaces"),
@@ -165,12 +172,12 @@ def run(out: Any, **opts: Any) -> None:
             env=env, check=True, capture_output=True, text=True, cwd=REPO,
         )  # fmt: skip
         data = json.loads(seeded.stdout.strip().splitlines()[-1])
-        bench = psycopg.connect(dbname=BENCH_DB, autocommit=True, **conninfo)
+        bench = psycopg.connect(dbname=bench_db, autocommit=True, **conninfo)
         measure(out, opts, env, data, bench, wrk, tmp)
         bench.close()
     finally:
         if not opts["keep"]:
-            admin.execute(f'DROP DATABASE IF EXISTS "{BENCH_DB}" WITH (FORCE)')
+            admin.execute(f'DROP DATABASE IF EXISTS "{bench_db}" WITH (FORCE)')
         admin.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -321,25 +328,39 @@ def measure(out: Any, opts: dict[str, Any], env: dict[str, str], data: dict[str,
     health = "off" if opts["no_health_checks"] else "on"
     server = f"gunicorn -w {opts['workers']} on {base} (CONN_HEALTH_CHECKS {health})"
     load = f"wrk -t{opts['threads']} -c{opts['connections']} -d{opts['duration']}s"
-    out.write(f"{server}, {load}, PostgreSQL database {BENCH_DB}, {n} sessions, activity resolution {opts['resolution']} s")
+    out.write(
+        f"{server}, {load}, PostgreSQL database {opts['database']}, {n} sessions, activity resolution {opts['resolution']} s"
+    )
     results: dict[str, dict[str, Any]] = {}
+    # Interleaved rounds, so that the floor and the endpoints meet the same machine conditions
+    # (other processes come and go); the median round of each is reported, and the ratios are
+    # the medians of each round's own ratio.
+    rounds: dict[str, list[dict[str, Any]]] = {"floor": [], "heartbeat": [], "create": []}
     updates_before = session_updates(bench)
     proc = start_gunicorn(env, opts["workers"], port)
     started = time.monotonic()
     try:
-        results["floor"] = run_wrk(wrk, opts, f"{base}/bench/noop", lua_script("noop", data), tmp)
         results["one-query"] = run_wrk(wrk, opts, f"{base}/bench/one-query", lua_script("noop", data), tmp)
         hb_started = time.monotonic()
-        results["heartbeat"] = run_wrk(wrk, opts, base, lua_script("activity", data), tmp)
+        for _ in range(opts["rounds"]):
+            rounds["floor"].append(run_wrk(wrk, opts, f"{base}/bench/noop", lua_script("noop", data), tmp))
+            rounds["heartbeat"].append(run_wrk(wrk, opts, base, lua_script("activity", data), tmp))
+            creates = lua_script("create", data, org="tenants")
+            rounds["create"].append(run_wrk(wrk, opts, f"{base}/api/v1/sessions", creates, tmp))
         hb_elapsed = time.monotonic() - hb_started
     finally:
         stop(proc)  # backends flush their statistics when they disconnect
     time.sleep(1.0)
     updates = session_updates(bench) - updates_before
     windows = math.ceil(hb_elapsed / opts["resolution"]) + 1
+    for name, runs in rounds.items():
+        results[name] = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+    ratios = {
+        name: statistics.median(r["rps"] / f["rps"] for r, f in zip(rounds[name], rounds["floor"], strict=True))
+        for name in ("heartbeat", "create")
+    }
     proc = start_gunicorn(env, opts["workers"], port)
     try:
-        results["create"] = run_wrk(wrk, opts, f"{base}/api/v1/sessions", lua_script("create", data, org="tenants"), tmp)
         results["limit"] = run_wrk(
             wrk, opts, f"{base}/api/v1/sessions", lua_script("create", data, org="capped"), tmp, duration=3
         )
@@ -366,6 +387,10 @@ def measure(out: Any, opts: dict[str, Any], env: dict[str, str], data: dict[str,
     row("create", create, f"  -> {created_rps:.0f} sessions created/s in {CREATE_ORGS} orgs")
     limit = results["limit"]
     row("limit", limit, f"  -> capped org holds {created_capped} active sessions (cap {opts['cap']})")
+    out.write(
+        f"  ratios to the floor (median of {opts['rounds']} rounds): "
+        f"heartbeat {ratios['heartbeat']:.3f}, create {ratios['create']:.4f}"
+    )
     out.write("")
     out.write(f"  heartbeat DB writes: {updates} UPDATEs of sessions for {hb['total']} heartbeats "
               f"(bound: {n} sessions x {windows} windows of {opts['resolution']} s = {n * windows})")  # fmt: skip

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from datetime import datetime, timedelta
 
@@ -116,8 +117,12 @@ def _token_entry(event_type: str, token: ApiToken, actor: str, now: datetime) ->
     )
 
 
+# What a token may look like: anything else (NUL, non-ASCII, a lone surrogate) never reaches a query.
+TOKEN_RE = re.compile(rf"{TOKEN_SCHEME}_[0-9a-f]{{8}}_[A-Za-z0-9_-]{{1,{200 - PREFIX_LENGTH - 1}}}", re.ASCII)
+
+
 def looks_like_token(raw: str) -> bool:
-    return PREFIX_LENGTH + 2 <= len(raw) <= 200 and raw.startswith(TOKEN_SCHEME + "_")
+    return TOKEN_RE.fullmatch(raw) is not None
 
 
 def authenticate(raw: str, *, now: datetime | None = None) -> ApiToken | None:

@@ -33,14 +33,6 @@ urlpatterns = [
     # Maintenance (sessionadmin/maintenance_views.py)
     path("maintenance/", maintenance_views.maintenance_page, name="maintenance"),
     path("maintenance/run/", maintenance_views.maintenance_run, name="maintenance_run"),
-    # Runtime API (sessionadmin/api.py)
-    path("healthz", api.healthz, name="healthz"),
-    path("api/v1/healthz", api.healthz, name="api_healthz"),
-    path("api/v1/openapi.json", api.openapi_document, name="api_openapi"),
-    path("api/v1/sessions", api.sessions, name="api_sessions"),
-    path("api/v1/sessions/<str:session_id>", api.session_detail, name="api_session"),
-    path("api/v1/sessions/<str:session_id>/activity", api.session_activity, name="api_session_activity"),
-    path("api/v1/sessions/<str:session_id>/system-prompt", api.session_system_prompt, name="api_session_system_prompt"),
-    path("api/v1/sessions/<str:session_id>/mcp-config", api.session_mcp_config, name="api_session_mcp_config"),
-    path("api/v1/<path:rest>", api.unknown_endpoint),
+    # Runtime API (sessionadmin/api.py) and /healthz
+    *api.urlpatterns(),
 ]

@@ -14,9 +14,11 @@ from typing import Any
 from django.core.exceptions import ValidationError
 
 MAX_ID_LENGTH = 128
-# Letters, digits and ._@- ; the first character may not be "." or "-".
-_ID_RE = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9._@-]{0,127}", re.ASCII)
-_VAR_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}", re.ASCII)
+# Letters, digits and ._@- ; the first character may not be "." or "-" (and ".." is refused).
+ID_PATTERN = f"[A-Za-z0-9_@][A-Za-z0-9._@-]{{0,{MAX_ID_LENGTH - 1}}}"
+VARIABLE_NAME_PATTERN = "[A-Za-z_][A-Za-z0-9_]{0,63}"
+_ID_RE = re.compile(ID_PATTERN, re.ASCII)
+_VAR_NAME_RE = re.compile(VARIABLE_NAME_PATTERN, re.ASCII)
 MAX_VARIABLES = 32
 MAX_VARIABLE_VALUE_LENGTH = 4096
 RESERVED_VARIABLES = frozenset({"user_id", "org_id", "session_id"})

@@ -5,10 +5,12 @@ from datetime import UTC, datetime, timedelta
 
 import time_machine
 from django.db import connection
+from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
+from django.urls import resolve
 
-from sessionadmin import tokens
-from sessionadmin.models import AgentSession, AuditEntry
+from sessionadmin import api, lifecycle, tokens
+from sessionadmin.models import AgentSession, ApiToken, AuditEntry
 from tests.api_base import ApiTestCase
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -84,3 +86,68 @@ class ActivityTestCase(ApiTestCase):
 
     def test_it_is_405_for_get(self) -> None:
         self.assertEqual(self.api("GET", self.url).status_code, 405)
+
+
+class HeartbeatLookupTestCase(ApiTestCase):
+    """The heartbeat's one-SELECT lookup (``api.heartbeat_lookup``) is a second implementation of
+    ``tokens.authenticate`` + ``sessions_of(token).active()``: it must accept and refuse exactly
+    the same tokens, see exactly the same sessions and agree on what is stale."""
+
+    def lookup(self, raw: str, session_id: object) -> api.Heartbeat | None:
+        request = RequestFactory().post(f"/api/v1/sessions/{session_id}/activity")
+        request.resolver_match = resolve(request.path)
+        return api.heartbeat_lookup(request, raw)
+
+    def test_it_accepts_and_refuses_exactly_what_the_generic_path_does(self) -> None:
+        with time_machine.travel(T0, tick=False):
+            sessions: dict[str, object] = {
+                "mine": self.create("user-1", "acme").id,
+                "other org": self.create("user-1", "globex").id,
+                "terminating": self.create("user-2").id,
+                "ended": self.create("user-3").id,
+                "unknown": uuid.UUID(int=1),
+                "malformed": "nope",
+            }
+            lifecycle.end(session_ids=[sessions["terminating"]], actor="test", reason="", enqueue=False)  # type: ignore[list-item]
+            self.manager().cleanup_session(sessions["ended"], actor="test")  # type: ignore[arg-type]
+            _, expiring = tokens.create_token(name="expiring", actor="root", expires_at=T0 + timedelta(hours=2), now=T0)
+            _, revoked = tokens.create_token(name="revoked", actor="root", now=T0)
+            tokens.revoke_token(name="revoked", actor="root", now=T0)
+        valid = self.raw["acme-runtime"]
+        raws = {
+            "scoped": valid,
+            "unscoped": self.raw["platform"],
+            "other org's token": self.raw["globex-runtime"],
+            "expiring": expiring,
+            "revoked": revoked,
+            "wrong secret": valid[:-3] + ("aaa" if not valid.endswith("aaa") else "bbb"),
+            "wrong prefix": "sat_00000000" + valid[12:],
+            "another token's prefix": self.raw["platform"][:12] + valid[12:],
+            "no scheme": valid[4:],
+            "scheme only": "sat_",
+            "upper-case scheme": "SAT" + valid[3:],
+            "too long": valid + "a" * 200,
+            "NUL": valid[:-1] + "\x00",
+            "lone surrogate": valid[:-1] + "\ud800",
+            "empty": "",
+        }
+        resolution = timedelta(seconds=RESOLUTION)
+        # Either side of the activity window and of the token's expiry, boundaries included.
+        for at in (T0 + resolution, T0 + resolution + timedelta(seconds=1), T0 + timedelta(hours=2), T0 + timedelta(hours=3)):
+            for label, raw in raws.items():
+                for name, sid in sessions.items():
+                    with self.subTest(at=at, token=label, session=name), time_machine.travel(at, tick=False):
+                        fast = self.lookup(raw, sid)
+                        token = ApiToken.objects.usable(at).filter(prefix=raw[:12]).first()
+                        token_stale = token is not None and (
+                            token.last_used_at is None or token.last_used_at < at - timedelta(minutes=1)
+                        )
+                        generic = tokens.authenticate(raw)
+                        self.assertEqual(fast is not None, generic is not None)
+                        if fast is None or generic is None:
+                            continue
+                        visible = api.sessions_of(generic).active().filter(pk=sid).first() if name != "malformed" else None
+                        self.assertEqual(fast.token_id, generic.pk)
+                        self.assertEqual(fast.token_stale, token_stale)
+                        self.assertEqual(fast.session_found, visible is not None)
+                        self.assertEqual(fast.session_stale, visible is not None and visible.last_active_at < at - resolution)

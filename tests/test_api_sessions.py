@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 from unittest import mock
 
 import time_machine
+from django.conf import settings
 
-from sessionadmin.api import MAX_BODY_BYTES
 from sessionadmin.models import AgentSession, AuditEntry
 from sessionadmin.workspaces import WorkspaceError
 from tests.api_base import ApiTestCase
@@ -104,7 +104,9 @@ class CreateSessionTestCase(ApiTestCase):
         self.assertEqual(r.json()["error"]["fields"], {"workspace_path": "unknown field"})
 
     def test_it_rejects_an_oversized_body(self) -> None:
-        body = json.dumps({"user_id": "user-1", "org_id": "acme", "variables": {"x": "a" * MAX_BODY_BYTES}}).encode()
+        body = json.dumps(
+            {"user_id": "user-1", "org_id": "acme", "variables": {"x": "a" * settings.SESSIONADMIN_MAX_BODY_BYTES}}
+        ).encode()
         r = self.api("POST", "/api/v1/sessions", raw_body=body)
         self.assertEqual(r.status_code, 413)
         self.assertEqual(r.json()["error"]["code"], "body_too_large")
