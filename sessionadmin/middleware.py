@@ -27,4 +27,3 @@ class RejectNulMiddleware:
                 return JsonResponse({"error": {"code": "invalid_request", "message": NUL_MESSAGE}}, status=400)
             return HttpResponseBadRequest(f"Bad request: {NUL_MESSAGE}.", content_type="text/plain; charset=utf-8")
         return self.get_response(request)
-
