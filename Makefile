@@ -7,7 +7,7 @@ PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_URL ?= redis://127.0.0.1:6379/15
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: run install services browser test test-sqlite test-postgres test-browser lint bench
+.PHONY: run install services sandbox browser test test-sqlite test-postgres test-browser lint bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,9 @@ $(VENV)/.installed: requirements.txt | $(BIN)/python
 
 install: $(VENV)/.installed
 
-run: install
+# The demo's MCP servers run on this machine: loopback must be listed for the URL policy.
+run: export SESSIONADMIN_MCP_ALLOWED_HOSTS ?= 127.0.0.1
+run: install sandbox
 	$(BIN)/python manage.py migrate --no-input
 	$(BIN)/python manage.py ensure_operator
 	$(BIN)/python manage.py run
@@ -30,6 +32,10 @@ services:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 
+# Debian's bubblewrap: stdio MCP servers run in its sandbox (SESSIONADMIN_STDIO_SANDBOX).
+sandbox:
+	@command -v bwrap >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null; }
+
 # Debian's chromium for the browser tests (Playwright drives it; no browser download).
 browser:
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
@@ -39,17 +45,17 @@ lint: install
 	$(BIN)/ruff format --check sessionadmin tests
 	$(BIN)/mypy sessionadmin
 
-test-sqlite: install
+test-sqlite: install sandbox
 	$(PYTEST) --ignore=tests/browser
 
-test-postgres: install services
+test-postgres: install services sandbox
 	DATABASE_URL=$(PG_URL) CELERY_TEST_REDIS_URL=$(REDIS_URL) $(PYTEST) --ignore=tests/browser
 
 # A separate pytest process: once Playwright's event loop runs, later async tests would fail.
 test-browser: install browser
 	$(PYTEST) tests/browser
 
-test: install services browser lint test-sqlite test-postgres test-browser
+test: install services sandbox browser lint test-sqlite test-postgres test-browser
 
 # Every benchmark on PostgreSQL. Those that need a seeded database create and drop their own;
 # the others run against sessionadmin_bench_main (created and migrated here) with throwaway rows.

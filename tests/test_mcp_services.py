@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import uuid
 from pathlib import Path
 
 from sessionadmin import mcp_client, mcp_services
@@ -13,7 +14,7 @@ from sessionadmin.manager import InvalidInput, MCPClientNotFound, SessionNotFoun
 from sessionadmin.mcp_services import McpOperationFailed
 from sessionadmin.models import AgentSession, AuditEntry, McpClient, McpServer
 from tests.base import BaseTestCase
-from tests.mcp_servers import RunningServer, process_gone, stdio_command
+from tests.mcp_servers import SANDBOX_PATHS, RunningServer, processes_with, stdio_command
 
 HEADER_SECRET = "hdr-secret-Xy7-0042"
 ENV_SECRET = "env-secret-Qw3-0099"
@@ -64,7 +65,7 @@ class McpServicesTestCase(BaseTestCase):
         )
         command, args = stdio_command()
         self.stdio_server = mcp_services.save_server(
-            McpServer(name="tools-stdio", transport="stdio", command=command, args=args),
+            McpServer(name="tools-stdio", transport="stdio", command=command, args=args, read_only_paths=list(SANDBOX_PATHS)),
             actor="alice",
             env={"CUSTOM_TOKEN": ENV_SECRET},
         )
@@ -115,10 +116,10 @@ class AttachTests(McpServicesTestCase):
     def test_a_failed_attach_leaves_no_client_and_is_audited(self) -> None:
         with self.assertRaises(McpOperationFailed) as ctx:
             mcp_services.add_client(self.session.id, url="http://127.0.0.1:9/mcp", client_id="dead", actor="alice")
-        self.assertEqual(ctx.exception.kind, mcp_client.REFUSED)
+        self.assertEqual(ctx.exception.kind, mcp_client.UNREACHABLE)
         self.assertFalse(McpClient.objects.exists())
         [failed] = self.events("mcp_client_add_failed")
-        self.assertEqual(failed.details["kind"], "refused")
+        self.assertEqual(failed.details["kind"], "unreachable")
         self.assertEqual(failed.details["client_id"], "dead")
 
     def test_a_wrong_credential_is_an_auth_failure(self) -> None:
@@ -200,16 +201,18 @@ class ClientLifecycleTests(McpServicesTestCase):
         server.stop()
         client = mcp_services.refresh_client(self.session.id, "going", actor="alice")
         self.assertEqual(client.status, McpClient.Status.ERROR)
-        self.assertTrue(client.last_error.startswith("refused: "))
+        self.assertTrue(client.last_error.startswith("unreachable: could not connect to the MCP server at "))
 
     def test_cleanup_closes_clients_and_the_stdio_child_is_gone(self) -> None:
+        # A marker of this run in the server's environment finds its processes from outside.
+        marker = f"mark-{uuid.uuid4().hex}"
+        mcp_services.save_server(self.stdio_server, actor="alice", env={"CUSTOM_TOKEN": ENV_SECRET, "RUN_MARK": marker})
         mcp_services.add_client(self.session.id, server=self.stdio_server, actor="alice")
         mcp_services.add_client(self.session.id, server=self.http_server, actor="alice")
         result = mcp_services.call_tool(self.session.id, "tools-stdio", "whoami", {}, actor="alice")
-        pid = result.structured["pid"]
-        self.assertEqual(Path(result.structured["cwd"]).resolve(), Path(self.session.workspace_path).resolve())
+        self.assertEqual(result.structured["cwd"], "/workspace")
         self.manager().cleanup_session(self.session.id, actor="alice")
-        self.assertTrue(process_gone(pid))
+        self.assertEqual(processes_with(marker, where="environ"), [])
         self.assertEqual(set(McpClient.objects.values_list("status", flat=True)), {"closed"})
         closed = self.events("mcp_client_closed")
         self.assertEqual(sorted(e.details["client_id"] for e in closed), ["tools-http", "tools-stdio"])

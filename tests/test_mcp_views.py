@@ -99,7 +99,7 @@ class AttachViewTests(McpViewsTestCase):
         response = self.client.post(
             self.attach_url, {"url": "http://127.0.0.1:9/mcp", "transport": "streamable_http"}, headers={"HX-Request": "true"}
         )
-        self.assertContains(response, "Attach failed: refused:")
+        self.assertContains(response, "Attach failed: unreachable: could not connect to the MCP server at")
         self.assertEqual(AuditEntry.objects.filter(event_type="mcp_client_add_failed").count(), 1)
 
     def test_it_is_post_only_and_for_operators(self) -> None:
