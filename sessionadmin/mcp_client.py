@@ -266,9 +266,10 @@ class Probe:
 
     async def on_response(self, response: Any) -> None:
         content_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
-        if response.status_code >= 300 or content_type not in ("application/json", "text/event-stream", ""):
+        status = response.status_code
+        if status >= 300 or (status == 200 and content_type not in ("application/json", "text/event-stream")):
             self.not_mcp = True
-            self.status = response.status_code
+            self.status = status
         if response.status_code in (401, 403):
             challenge = response.headers.get("www-authenticate", "")
             self.bearer_challenge = challenge.lower().startswith("bearer")
@@ -871,7 +872,8 @@ def _classify_http(leaves: list[BaseException], target: Target, timeout: float, 
         return McpError(AUTH, f"{where} answered HTTP {probe.status}: check the credentials (headers) of this server")
     if not probe.connected:
         for leaf in leaves:
-            if isinstance(leaf, MCPError) and not probe.not_mcp and leaf.code not in (-32000, -32001, -32700):
+            # Codes the SDK itself gives a connection that failed, or an answer it could not use.
+            if isinstance(leaf, MCPError) and not probe.not_mcp and leaf.code not in (-32000, -32001, -32600, -32700):
                 return McpError(PROTOCOL, f"{where}: {leaf.message} (code {leaf.code})")
         return McpError(UNREACHABLE, f"could not connect to the MCP server at {where}: {NO_SERVER}")
     import httpx2

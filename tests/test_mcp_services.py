@@ -9,6 +9,9 @@ import stat
 import uuid
 from pathlib import Path
 
+from django.core.exceptions import ValidationError
+from django.test import override_settings
+
 from sessionadmin import mcp_client, mcp_services
 from sessionadmin.manager import InvalidInput, MCPClientNotFound, SessionNotFound
 from sessionadmin.mcp_services import McpOperationFailed
@@ -321,3 +324,45 @@ class HealthPassTests(McpServicesTestCase):
         mcp_services.add_client(self.session.id, server=self.http_server, actor="alice")
         AgentSession.objects.filter(pk=self.session.pk).update(status=AgentSession.Status.TERMINATING)
         self.assertEqual(mcp_services.health_pass(), {"checked": 0, "ok": 0, "failed": 0, "changed": 0})
+
+
+class SandboxAndPolicyTests(McpServicesTestCase):
+    def test_targets_carry_the_sandbox_and_the_url_policy(self) -> None:
+        self.stdio_server.network = True
+        mcp_services.save_server(self.stdio_server, actor="alice")
+        stdio = mcp_services.add_client(self.session.id, server=self.stdio_server, actor="alice")
+        http = mcp_services.add_client(self.session.id, server=self.http_server, actor="alice")
+        with override_settings(SESSIONADMIN_MCP_MAX_RESULT_BYTES=1234):
+            target = mcp_services.target_for(stdio, self.session)
+            self.assertEqual((target.sandbox, target.network, target.cwd), (True, True, self.session.workspace_path))
+            self.assertEqual(target.read_only_paths, SANDBOX_PATHS)
+            self.assertEqual(target.max_result_bytes, 1234)
+            target = mcp_services.target_for(http, self.session)
+            self.assertEqual((target.allowed_hosts, target.max_result_bytes), (("127.0.0.1",), 1234))
+        with override_settings(SESSIONADMIN_STDIO_SANDBOX=False):
+            self.assertFalse(mcp_services.target_for(stdio, self.session).sandbox)
+
+    def test_with_the_sandbox_off_a_stdio_server_runs_in_the_workspace_itself(self) -> None:
+        mcp_services.add_client(self.session.id, server=self.stdio_server, actor="alice")
+        with override_settings(SESSIONADMIN_STDIO_SANDBOX=False):
+            result = mcp_services.call_tool(self.session.id, "tools-stdio", "whoami", {}, actor="alice")
+        self.assertEqual(Path(result.structured["cwd"]).resolve(), Path(self.session.workspace_path).resolve())
+        self.assertEqual(
+            mcp_services.call_tool(self.session.id, "tools-stdio", "whoami", {}, actor="alice").structured["cwd"], "/workspace"
+        )
+
+    def test_saving_refuses_internal_urls_and_paths_that_would_show_the_dashboard(self) -> None:
+        with override_settings(SESSIONADMIN_MCP_ALLOWED_HOSTS=[]), self.assertRaises(ValidationError) as ctx:
+            mcp_services.save_server(McpServer(name="meta", transport="sse", url="http://169.254.169.254/sse"), actor="alice")
+        self.assertIn("169.254.169.254 is a cloud metadata address", str(ctx.exception.message_dict["url"]))
+        self.stdio_server.read_only_paths = [str(Path(self.session.workspace_path).parent)]
+        with self.assertRaises(ValidationError) as ctx:
+            mcp_services.save_server(self.stdio_server, actor="alice")
+        self.assertIn("may not be, contain or lie inside", str(ctx.exception.message_dict["read_only_paths"]))
+        self.assertFalse(McpServer.objects.filter(name="meta").exists())
+
+    def test_a_catalog_url_no_longer_allowed_is_refused_on_attach(self) -> None:
+        with override_settings(SESSIONADMIN_MCP_ALLOWED_HOSTS=[]), self.assertRaises(InvalidInput) as ctx:
+            mcp_services.add_client(self.session.id, server=self.http_server, actor="alice")
+        self.assertIn("URL of tools-http refused: 127.0.0.1 is a loopback address", str(ctx.exception))
+        self.assertFalse(McpClient.objects.exists())
