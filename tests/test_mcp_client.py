@@ -204,7 +204,7 @@ class McpClientStdioTests(SimpleTestCase):
         # Sandboxed servers (pids of their own namespace) are checked in test_sandbox.py.
         pidfile = Path(self.cwd) / "pid"
         with self.assertRaises(McpError) as ctx:
-            mcp_client.call_tool(stdio_target(sandbox=False), "sleep", {"seconds": 60, "pidfile": str(pidfile)}, timeout=3)
+            mcp_client.call_tool(stdio_target(sandbox=False), "sleep", {"seconds": 60, "pidfile": str(pidfile)}, timeout=10)
         self.assertEqual(ctx.exception.kind, mcp_client.TIMEOUT)
         self.assertTrue(process_gone(int(pidfile.read_text())))
 
