@@ -306,11 +306,7 @@ def transport(target: Target, *, timeout: float, probe: Probe | None = None, std
     if target.transport == "stdio":
         return stdio_transport(target, stderr=stderr)
     if target.transport == "streamable_http":
-        from mcp.client.streamable_http import streamable_http_client
-
-        client = http_client(target, timeout=timeout, probe=probe)
-        # Our transport already cut every event to the limit; the SDK's own cap sits above it.
-        return streamable_http_client(target.url, http_client=client, max_sse_event_size=target.max_result_bytes + READ_CHUNK)
+        return _streamable_http(target, http_client(target, timeout=timeout, probe=probe))
     if target.transport == "sse":
         from mcp.client.sse import sse_client
 
@@ -321,6 +317,21 @@ def transport(target: Target, *, timeout: float, probe: Probe | None = None, std
             target.url, headers=target.headers or None, timeout=timeout, sse_read_timeout=timeout, httpx_client_factory=factory
         )
     raise McpError(PROTOCOL, f"unknown transport {target.transport!r}")
+
+
+@contextlib.asynccontextmanager
+async def _streamable_http(target: Target, client: Any) -> AsyncIterator[Any]:
+    """The SDK's streamable HTTP transport on our client, which it does not close itself."""
+    from mcp.client.streamable_http import streamable_http_client
+
+    # Our transport already cut every event to the limit; the SDK's own cap sits above it.
+    async with (
+        client,
+        streamable_http_client(
+            target.url, http_client=client, max_sse_event_size=target.max_result_bytes + READ_CHUNK
+        ) as streams,
+    ):
+        yield streams
 
 
 def stdio_env(catalog_env: dict[str, str]) -> dict[str, str]:
