@@ -13,12 +13,13 @@ TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 SESSIONADMIN_TEST_DB_NAME ?= test_sessionadmin
 CELERY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 
-# Debian packages: chromium for the browser tests, bubblewrap for the stdio sandbox; wrk for
-# `make bench`. Installed with apt-get only when missing.
-DEBS := chromium bubblewrap
+# Debian packages: bubblewrap for the stdio sandbox (run and tests), chromium for the browser
+# tests, wrk for `make bench`. Installed with apt-get only when missing.
+RUN_DEBS := bubblewrap
+DEBS := $(RUN_DEBS) chromium
 BENCH_DEBS := wrk
 
-.PHONY: run setup install install-dev deps bench-deps services lock lint test test-sqlite test-postgres test-browser bench worker beat
+.PHONY: run setup install install-dev deps run-deps bench-deps services lock lint test test-sqlite test-postgres test-browser bench worker beat
 
 # --- virtualenv: the runtime lock for `make run`, the dev lock (runtime + tools) for the rest --
 
@@ -49,6 +50,9 @@ lock: install-dev
 deps:
 	@$(call apt_install,$(DEBS))
 
+run-deps:
+	@$(call apt_install,$(RUN_DEBS))
+
 bench-deps:
 	@$(call apt_install,$(BENCH_DEBS))
 
@@ -68,7 +72,9 @@ setup: install
 
 # Web, worker and beat in the foreground (the process list is `processes()` in
 # sessionadmin/management/commands/run.py). SESSIONADMIN_BIND=host:port changes the address.
-run: setup
+# The demo's MCP servers run on this machine: loopback must be listed for the URL policy.
+run: export SESSIONADMIN_MCP_ALLOWED_HOSTS ?= 127.0.0.1
+run: setup run-deps
 	$(MANAGE) migrate --no-input
 	$(MANAGE) ensure_operator
 	$(MANAGE) run

@@ -298,13 +298,21 @@ class McpServerAdmin(admin.ModelAdmin):
     only), replaced by typing new ones, saved encrypted through ``mcp_services``."""
 
     form = McpServerAdminForm
-    list_display = ["name", "transport", "enabled", "masked_headers", "masked_env", "created_at"]
-    list_filter = ["transport", "enabled"]
+    list_display = ["name", "transport", "network", "enabled", "masked_headers", "masked_env", "created_at"]
+    list_filter = ["transport", "network", "enabled"]
     search_fields = ["name", "description"]
     readonly_fields = ["masked_headers", "masked_env", "created_at"]
 
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
-        kwargs["fields"] = [*McpServerForm.Meta.fields, "args_text", "headers_text", "env_text", "clear_headers", "clear_env"]
+        kwargs["fields"] = [
+            *McpServerForm.Meta.fields,
+            "args_text",
+            "read_only_paths_text",
+            "headers_text",
+            "env_text",
+            "clear_headers",
+            "clear_env",
+        ]
         base = super().get_form(request, obj, change, **kwargs)
         headers, env = mcp_services.stored_secrets(obj)
 

@@ -3,6 +3,7 @@ inactivity cleanup would end (and why), and "run now" for operators (audited).""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
@@ -38,6 +39,7 @@ def maintenance_page(request: HttpRequest) -> HttpResponse:
         "liveness": maintenance.liveness(),
         "runnable": [(name, TASK_LABELS[name]) for name in maintenance.RUNNABLE_NOW],
         "can_operate": can_operate(request),
+        "stdio_sandbox": settings.SESSIONADMIN_STDIO_SANDBOX,
     }
     template = "sessionadmin/maintenance.html#runs" if getattr(request, "htmx", False) else "sessionadmin/maintenance.html"
     return render(request, template, context)

@@ -8,7 +8,7 @@ from typing import Any
 
 from django import forms
 
-from sessionadmin.mcp_services import CLIENT_ID_RE
+from sessionadmin.mcp_services import CLIENT_ID_RE, check_read_only_paths, url_policy_error
 from sessionadmin.models import McpServer
 from sessionadmin.secrets import mask
 
@@ -78,6 +78,15 @@ class McpServerForm(forms.ModelForm):
     args_text = forms.CharField(
         required=False, widget=forms.Textarea(attrs={"rows": 3}), label="Arguments", help_text="stdio: one argument per line."
     )
+    read_only_paths_text = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3}),
+        label="Read-only paths",
+        help_text=(
+            "stdio: absolute host paths the sandboxed server sees read-only, one per line, besides the system "
+            "folders: e.g. its venv or node_modules (a Python venv also needs its base interpreter, sys.base_prefix)."
+        ),
+    )
     headers_text = forms.CharField(
         required=False,
         widget=SecretTextarea(attrs={"rows": 3, "autocomplete": "off"}),
@@ -95,7 +104,9 @@ class McpServerForm(forms.ModelForm):
 
     class Meta:
         model = McpServer
-        fields = ["name", "description", "transport", "url", "command", "enabled"]
+        fields = ["name", "description", "transport", "url", "command", "network", "enabled"]
+        labels = {"network": "Network"}
+        help_texts = {"network": "stdio: let the sandboxed server use the network (off: it has none)."}
 
     def __init__(
         self, *args: Any, stored_headers: dict[str, str] | None = None, stored_env: dict[str, str] | None = None, **kwargs: Any
@@ -105,6 +116,7 @@ class McpServerForm(forms.ModelForm):
         self.stored_env = {k: mask(v) for k, v in (stored_env or {}).items()}
         if self.instance.pk and not self.is_bound:
             self.initial["args_text"] = "\n".join(str(a) for a in self.instance.args or [])
+            self.initial["read_only_paths_text"] = "\n".join(str(p) for p in self.instance.read_only_paths or [])
 
     def clean_headers_text(self) -> dict[str, str] | None:
         text = self.cleaned_data.get("headers_text", "")
@@ -119,9 +131,17 @@ class McpServerForm(forms.ModelForm):
         transport = data.get("transport")
         if transport == McpServer.Transport.STDIO and not data.get("command"):
             self.add_error("command", "A stdio server needs a command.")
-        if transport in (McpServer.Transport.STREAMABLE_HTTP, McpServer.Transport.SSE) and not data.get("url"):
-            self.add_error("url", "This transport needs a URL.")
+        if transport in (McpServer.Transport.STREAMABLE_HTTP, McpServer.Transport.SSE):
+            if not data.get("url"):
+                self.add_error("url", "This transport needs a URL.")
+            elif refused := url_policy_error(data["url"]):
+                self.add_error("url", refused)
         self.instance.args = [line.strip() for line in data.get("args_text", "").splitlines() if line.strip()]
+        paths = [line.strip() for line in data.get("read_only_paths_text", "").splitlines() if line.strip()]
+        try:
+            self.instance.read_only_paths = check_read_only_paths(paths) if transport == McpServer.Transport.STDIO else []
+        except ValueError as exc:
+            self.add_error("read_only_paths_text", str(exc))
         return data
 
     def secrets_to_store(self) -> tuple[dict[str, str] | None, dict[str, str] | None]:

@@ -21,11 +21,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 from django.utils.text import slugify
 
-from sessionadmin import audit, lifecycle, mcp_client
+from sessionadmin import audit, lifecycle, mcp_client, netpolicy, sandbox
 from sessionadmin.lifecycle import InvalidInput, MCPClientNotFound, SessionError, SessionNotFound, parse_session_id
 from sessionadmin.mcp_client import McpError, Target, ToolResult
 from sessionadmin.models import AgentSession, McpClient, McpServer
@@ -38,7 +39,14 @@ DEFAULT_HEALTH_CONCURRENCY = 10
 MCP_JSON = ".mcp.json"
 CLIENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
 # Failures after which a client is no longer "connected" (a slow tool is not a dead server).
-DOWN_KINDS = {mcp_client.UNREACHABLE, mcp_client.REFUSED, mcp_client.AUTH, mcp_client.CLOSED, mcp_client.PROTOCOL}
+DOWN_KINDS = {
+    mcp_client.UNREACHABLE,
+    mcp_client.REFUSED,
+    mcp_client.AUTH,
+    mcp_client.CLOSED,
+    mcp_client.PROTOCOL,
+    mcp_client.SANDBOX,
+}
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -84,13 +92,51 @@ def set_server_secrets(server: McpServer, *, headers: dict[str, str] | None = No
         server.env_encrypted = encrypt_mapping(env)
 
 
+def url_policy_error(url: str) -> str | None:
+    """Why the outbound URL policy refuses ``url`` (resolved now), or None. The same policy
+    holds again on every connection (``mcp_client``), on the addresses resolved then."""
+    try:
+        netpolicy.check_url(url, netpolicy.Allowed.parse(settings.SESSIONADMIN_MCP_ALLOWED_HOSTS))
+    except netpolicy.PolicyRefused as exc:
+        return str(exc)
+    return None
+
+
+def check_read_only_paths(paths: Sequence[str]) -> list[str]:
+    """A catalog entry's sandbox read-only paths, normalized; ValueError (a SandboxPathError)
+    for a relative or missing path, or one that would show the dashboard's own files (var/,
+    the database, the workspaces, the repository as a whole)."""
+    database = settings.DATABASES["default"]
+    forbidden: list[str | Path] = [settings.VAR_DIR, settings.SESSIONADMIN_WORKSPACE_ROOT]
+    if "sqlite" in str(database.get("ENGINE", "")):
+        forbidden.append(Path(str(database["NAME"])))
+    return sandbox.check_read_only_paths(paths, forbidden=forbidden, forbidden_whole=[settings.BASE_DIR])
+
+
+def _check_server_policy(server: McpServer) -> None:
+    errors: dict[str, str] = {}
+    if server.transport == McpServer.Transport.STDIO:
+        try:
+            server.read_only_paths = check_read_only_paths([str(p) for p in server.read_only_paths or []])
+        except ValueError as exc:
+            errors["read_only_paths"] = str(exc)
+    elif server.url:
+        refused = url_policy_error(server.url)
+        if refused:
+            errors["url"] = refused
+    if errors:
+        raise ValidationError(errors)
+
+
 def save_server(
     server: McpServer, *, actor: str, headers: dict[str, str] | None = None, env: dict[str, str] | None = None
 ) -> McpServer:
-    """Create or update a catalog entry. Audited with the names of its secrets, not the values."""
+    """Create or update a catalog entry. Audited with the names of its secrets, not the values.
+    Its URL must pass the outbound URL policy and its read-only paths the sandbox's checks."""
     creating = server._state.adding
     set_server_secrets(server, headers=headers, env=env)
     server.full_clean()
+    _check_server_policy(server)
     with transaction.atomic():
         server.save()
         audit.write(
@@ -103,6 +149,11 @@ def save_server(
                         "transport": server.transport,
                         "header_names": sorted(server_headers(server)),
                         "env_names": sorted(server_env(server)),
+                        **(
+                            {"network": server.network, "read_only_paths": list(server.read_only_paths or [])}
+                            if server.transport == McpServer.Transport.STDIO
+                            else {}
+                        ),
                     },
                 )
             ]
@@ -166,10 +217,17 @@ def target_for(client: McpClient, session: AgentSession) -> Target:
             raise McpOperationFailed(
                 f"{mcp_client.PROTOCOL}: the catalog entry of {client.client_id!r} was deleted", kind=mcp_client.PROTOCOL
             )
-        return Target(client.transport, url=client.url)
+        return Target(client.transport, url=client.url, **_http_policy())
     server = client.server
     assert server is not None
     return _target_of_server(server, session)
+
+
+def _http_policy() -> dict[str, Any]:
+    return {
+        "allowed_hosts": tuple(settings.SESSIONADMIN_MCP_ALLOWED_HOSTS),
+        "max_result_bytes": int(settings.SESSIONADMIN_MCP_MAX_RESULT_BYTES),
+    }
 
 
 def _target_of_server(server: McpServer, session: AgentSession) -> Target:
@@ -180,8 +238,12 @@ def _target_of_server(server: McpServer, session: AgentSession) -> Target:
             args=tuple(str(a) for a in server.args or []),
             env=server_env(server),
             cwd=session.workspace_path,
+            sandbox=bool(settings.SESSIONADMIN_STDIO_SANDBOX),
+            network=server.network,
+            read_only_paths=tuple(str(p) for p in server.read_only_paths or []),
+            max_result_bytes=int(settings.SESSIONADMIN_MCP_MAX_RESULT_BYTES),
         )
-    return Target(server.transport, url=server.url, headers=server_headers(server))
+    return Target(server.transport, url=server.url, headers=server_headers(server), **_http_policy())
 
 
 def _entry_of(client: McpClient, *, include_secrets: bool) -> dict[str, Any] | None:
@@ -282,6 +344,9 @@ def _check_adhoc_url(url: str, transport: str) -> str:
         raise InvalidInput("an ad-hoc server needs an http(s) URL without credentials in it")
     if len(url) > 2000:
         raise InvalidInput("URL is too long")
+    refused = url_policy_error(url)
+    if refused:
+        raise InvalidInput(f"URL refused: {refused}")
     return url
 
 
@@ -303,9 +368,12 @@ def add_client(
     catalog = _resolve_server(server) if server is not None and server != "" else None
     if catalog is None:
         url = _check_adhoc_url(url, transport)
-        target = Target(transport, url=url)
+        target = Target(transport, url=url, **_http_policy())
         default_id = slugify((urlsplit(url).hostname or "server").replace(".", "-"))
     else:
+        refused = url_policy_error(catalog.url) if catalog.transport != McpServer.Transport.STDIO else None
+        if refused:
+            raise InvalidInput(f"URL of {catalog.name} refused: {refused}")
         target = _target_of_server(catalog, session)
         transport, url = catalog.transport, catalog.url
         default_id = slugify(catalog.name)

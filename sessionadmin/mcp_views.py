@@ -10,6 +10,7 @@ import json
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -183,7 +184,8 @@ def mcp_server_list(request: HttpRequest) -> HttpResponse:
                 "clients": server.clients.exclude(status=McpClient.Status.CLOSED).count(),
             }
         )
-    return render(request, "sessionadmin/mcp_server_list.html", {"rows": rows, "can_operate": can_operate(request)})
+    context = {"rows": rows, "can_operate": can_operate(request), "stdio_sandbox": settings.SESSIONADMIN_STDIO_SANDBOX}
+    return render(request, "sessionadmin/mcp_server_list.html", context)
 
 
 @require_http_methods(["GET", "POST"])
@@ -200,7 +202,7 @@ def mcp_server_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse
     return render(
         request,
         "sessionadmin/mcp_server_edit.html",
-        {"form": form, "server": server},
+        {"form": form, "server": server, "stdio_sandbox": settings.SESSIONADMIN_STDIO_SANDBOX},
         status=400 if request.method == "POST" else 200,
     )
 

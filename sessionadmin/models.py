@@ -406,6 +406,10 @@ class McpServer(models.Model):
     # Encrypted JSON objects (name -> value); see ``sessionadmin/secrets.py``.
     headers_encrypted = models.TextField(blank=True)
     env_encrypted = models.TextField(blank=True)
+    # stdio sandbox: host paths the server sees read-only (a venv, node_modules...), and
+    # whether it shares the host's network (off: it has none).
+    read_only_paths = models.JSONField(default=list, blank=True)
+    network = models.BooleanField(default=False)
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 

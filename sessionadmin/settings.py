@@ -243,6 +243,14 @@ SESSIONADMIN_IDLE_TIMEOUT_SECONDS = env_int("SESSIONADMIN_IDLE_TIMEOUT_SECONDS",
 # last_active_at is written at most once per session per this many seconds.
 SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS = env_int("SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS", 30, minimum=0)
 SESSIONADMIN_MCP_TIMEOUT_SECONDS = env_float("SESSIONADMIN_MCP_TIMEOUT_SECONDS", 10.0, minimum=0.1)
+# stdio MCP servers run in a bubblewrap sandbox; "off" only where bwrap cannot run (the
+# maintenance and catalog pages then say that stdio servers are not isolated).
+SESSIONADMIN_STDIO_SANDBOX = env_bool("SESSIONADMIN_STDIO_SANDBOX", True)
+# Hosts exempt from the outbound URL policy (which refuses loopback, private, link-local,
+# metadata... addresses): host names, IP addresses or networks, comma-separated.
+SESSIONADMIN_MCP_ALLOWED_HOSTS = env_list("SESSIONADMIN_MCP_ALLOWED_HOSTS", "")
+# Any message from an MCP server above this (a tool result, a listing page) is cut as it arrives.
+SESSIONADMIN_MCP_MAX_RESULT_BYTES = env_int("SESSIONADMIN_MCP_MAX_RESULT_BYTES", 4 * 1024 * 1024, minimum=1024)
 # Key for MCP header/env secrets at rest; derived from SECRET_KEY when not given.
 SESSIONADMIN_SECRETS_KEY = env_str("SESSIONADMIN_SECRETS_KEY", "")
 # Ended session rows older than this are purged; 0 keeps them forever.

@@ -167,6 +167,7 @@ class CeleryWorker:
             SESSIONADMIN_WORKSPACE_ROOT=str(self.workspace_root),
             SESSIONADMIN_CELERY_QUEUE=self.queue,
             SESSIONADMIN_LOG_LEVEL="INFO",
+            SESSIONADMIN_MCP_ALLOWED_HOSTS=",".join(settings.SESSIONADMIN_MCP_ALLOWED_HOSTS),
             CELERY_POLLING_INTERVAL="0.05",
             CELERY_BROKER_URL=self.broker_url,
             PYTHONUNBUFFERED="1",

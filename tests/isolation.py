@@ -24,6 +24,8 @@ VAR_DIR = tempfile.mkdtemp(prefix="sessionadmin-test-var-")
 os.environ["SESSIONADMIN_VAR_DIR"] = VAR_DIR
 os.environ["SESSIONADMIN_SECRET_KEY"] = secrets.token_urlsafe(50)
 os.environ.setdefault("SESSIONADMIN_LOG_LEVEL", "WARNING")
+# The test MCP servers listen on loopback, which the outbound URL policy refuses unless listed.
+os.environ["SESSIONADMIN_MCP_ALLOWED_HOSTS"] = "127.0.0.1"
 
 
 def pytest_configure(config: pytest.Config) -> None:

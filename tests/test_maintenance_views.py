@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.test import override_settings
 from django.urls import reverse
 from django.utils import timezone
 
@@ -35,6 +36,14 @@ class MaintenancePageTestCase(BaseTestCase):
         self.assertContains(r, str(session.id)[:8])
         self.assertContains(r, "no heartbeat")  # beat never reported
         self.assertNotContains(r, "Run now</button>")
+
+    def test_it_says_loudly_when_stdio_servers_are_not_isolated(self) -> None:
+        self.client.force_login(self.bob)
+        self.assertNotContains(self.client.get(self.url), "stdio MCP servers are not isolated")
+        with override_settings(SESSIONADMIN_STDIO_SANDBOX=False):
+            response = self.client.get(self.url)
+        self.assertContains(response, '<p class="message message-error" role="alert" id="stdio-sandbox-off">')
+        self.assertContains(response, "stdio MCP servers are not isolated.")
 
     def test_it_shows_operators_the_run_now_button(self) -> None:
         self.client.force_login(self.alice)

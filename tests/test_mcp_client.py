@@ -11,9 +11,15 @@ from django.test import SimpleTestCase
 
 from sessionadmin import mcp_client
 from sessionadmin.mcp_client import McpError, Target
-from tests.mcp_servers import RunningServer, process_gone, stdio_command
+from tests.mcp_servers import SANDBOX_PATHS, RunningServer, process_gone, stdio_command
 
 TOKEN = "tok-Zq8-very-secret-4711"
+LOCAL = ("127.0.0.1",)
+
+
+def http_target(transport: str, *, url: str, **kwargs: object) -> Target:
+    """An HTTP target on the test servers' loopback, which the URL policy needs listed."""
+    return Target(transport, url=url, allowed_hosts=LOCAL, **kwargs)  # type: ignore[arg-type]
 
 
 class HttpServersMixin:
@@ -31,12 +37,13 @@ class HttpServersMixin:
 
 def stdio_target(**kwargs: object) -> Target:
     command, args = stdio_command()
+    kwargs.setdefault("read_only_paths", SANDBOX_PATHS)
     return Target("stdio", command=command, args=tuple(args), **kwargs)  # type: ignore[arg-type]
 
 
 class McpClientHttpTests(HttpServersMixin, SimpleTestCase):
     def test_it_inspects_a_streamable_http_server(self) -> None:
-        snap = mcp_client.inspect(Target("streamable_http", url=self.http.url), timeout=10)
+        snap = mcp_client.inspect(http_target("streamable_http", url=self.http.url), timeout=10)
         self.assertEqual(snap.server_name, "sessionadmin-test-server")
         self.assertEqual(snap.server_version, "1.2.3")
         self.assertIn("tools", snap.capabilities)
@@ -48,49 +55,56 @@ class McpClientHttpTests(HttpServersMixin, SimpleTestCase):
         self.assertEqual([p["name"] for p in snap.prompts], ["greet"])
 
     def test_it_inspects_an_sse_server(self) -> None:
-        snap = mcp_client.inspect(Target("sse", url=self.sse.url), timeout=10)
+        snap = mcp_client.inspect(http_target("sse", url=self.sse.url), timeout=10)
         self.assertEqual(snap.server_name, "sessionadmin-test-server")
         self.assertIn("echo", [t["name"] for t in snap.tools])
 
     def test_it_calls_a_tool_with_valid_arguments(self) -> None:
-        result = mcp_client.call_tool(Target("streamable_http", url=self.http.url), "add", {"a": 2, "b": 40}, timeout=10)
+        result = mcp_client.call_tool(http_target("streamable_http", url=self.http.url), "add", {"a": 2, "b": 40}, timeout=10)
         self.assertFalse(result.is_error)
         self.assertEqual(result.text, ["42"])
         self.assertEqual(result.structured, {"result": 42})
 
     def test_it_calls_a_tool_over_sse(self) -> None:
-        result = mcp_client.call_tool(Target("sse", url=self.sse.url), "echo", {"text": "hi", "times": 2}, timeout=10)
+        result = mcp_client.call_tool(http_target("sse", url=self.sse.url), "echo", {"text": "hi", "times": 2}, timeout=10)
         self.assertEqual(result.text, ["hi hi"])
 
     def test_it_returns_an_error_result_for_invalid_arguments(self) -> None:
-        result = mcp_client.call_tool(Target("streamable_http", url=self.http.url), "add", {"a": "x"}, timeout=10)
+        result = mcp_client.call_tool(http_target("streamable_http", url=self.http.url), "add", {"a": "x"}, timeout=10)
         self.assertTrue(result.is_error)
         self.assertIn("validation error", result.text[0])
 
     def test_it_maps_a_hanging_call_to_timeout(self) -> None:
         with self.assertRaises(McpError) as ctx:
-            mcp_client.call_tool(Target("streamable_http", url=self.http.url), "sleep", {"seconds": 5}, timeout=1)
+            mcp_client.call_tool(http_target("streamable_http", url=self.http.url), "sleep", {"seconds": 5}, timeout=1)
         self.assertEqual(ctx.exception.kind, mcp_client.TIMEOUT)
         self.assertIn("did not answer within 1 s", str(ctx.exception))
 
-    def test_it_maps_a_closed_port_to_refused(self) -> None:
+    def test_it_answers_a_closed_port_with_the_generic_error(self) -> None:
         with self.assertRaises(McpError) as ctx:
-            mcp_client.ping(Target("streamable_http", url="http://127.0.0.1:9/mcp"), timeout=5)
-        self.assertEqual(ctx.exception.kind, mcp_client.REFUSED)
-        self.assertTrue(str(ctx.exception).startswith("refused: connection to http://127.0.0.1:9/mcp"))
+            mcp_client.ping(http_target("streamable_http", url="http://127.0.0.1:9/mcp"), timeout=5)
+        self.assertEqual(ctx.exception.kind, mcp_client.UNREACHABLE)
+        self.assertEqual(
+            str(ctx.exception),
+            "unreachable: could not connect to the MCP server at http://127.0.0.1:9/mcp: no MCP server answered",
+        )
 
     def test_it_maps_an_unknown_host_to_unreachable(self) -> None:
         with self.assertRaises(McpError) as ctx:
-            mcp_client.ping(Target("streamable_http", url="http://no-such-host.invalid/mcp"), timeout=5)
+            mcp_client.ping(http_target("streamable_http", url="http://no-such-host.invalid/mcp"), timeout=5)
         self.assertEqual(ctx.exception.kind, mcp_client.UNREACHABLE)
 
-    def test_it_maps_a_wrong_path_to_protocol_error(self) -> None:
+    def test_it_answers_a_wrong_path_like_a_closed_port(self) -> None:
+        # A 404 before the handshake says as much as a closed port: no MCP server there.
+        url = self.http.url.replace("/mcp", "/nope")
         with self.assertRaises(McpError) as ctx:
-            mcp_client.ping(Target("streamable_http", url=self.http.url.replace("/mcp", "/nope")), timeout=5)
-        self.assertEqual(ctx.exception.kind, mcp_client.PROTOCOL)
+            mcp_client.ping(http_target("streamable_http", url=url), timeout=5)
+        self.assertEqual(str(ctx.exception), f"unreachable: could not connect to the MCP server at {url}: no MCP server answered")
 
     def test_it_pings_many_with_bounded_concurrency(self) -> None:
-        targets = [Target("streamable_http", url=self.http.url)] * 6 + [Target("streamable_http", url="http://127.0.0.1:9/mcp")]
+        targets = [http_target("streamable_http", url=self.http.url)] * 6 + [
+            http_target("streamable_http", url="http://127.0.0.1:9/mcp")
+        ]
         results = mcp_client.ping_many(targets, timeout=5, concurrency=3)
         self.assertEqual(results[:6], [None] * 6)
         self.assertIsInstance(results[6], McpError)
@@ -99,7 +113,7 @@ class McpClientHttpTests(HttpServersMixin, SimpleTestCase):
         import asyncio
 
         async def inside_loop() -> float:
-            return mcp_client.ping(Target("streamable_http", url=self.http.url), timeout=10)
+            return mcp_client.ping(http_target("streamable_http", url=self.http.url), timeout=10)
 
         self.assertEqual(asyncio.run(inside_loop()), 0.0)
 
@@ -116,7 +130,9 @@ class McpClientAuthTests(SimpleTestCase):
     def test_it_maps_a_401_to_auth_without_the_secret(self) -> None:
         for transport, server in (("streamable_http", self.http), ("sse", self.sse)):
             with self.subTest(transport), self.assertRaises(McpError) as ctx:
-                mcp_client.ping(Target(transport, url=server.url, headers={"Authorization": "Bearer wrong-" + TOKEN}), timeout=5)
+                mcp_client.ping(
+                    http_target(transport, url=server.url, headers={"Authorization": "Bearer wrong-" + TOKEN}), timeout=5
+                )
             self.assertEqual(ctx.exception.kind, mcp_client.AUTH)
             self.assertNotIn(TOKEN, str(ctx.exception))
 
@@ -124,7 +140,7 @@ class McpClientAuthTests(SimpleTestCase):
         for transport, server in (("streamable_http", self.http), ("sse", self.sse)):
             with self.subTest(transport):
                 snap = mcp_client.inspect(
-                    Target(transport, url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}), timeout=10
+                    http_target(transport, url=server.url, headers={"Authorization": f"Bearer {TOKEN}"}), timeout=10
                 )
                 self.assertEqual(snap.server_version, "1.2.3")
 
@@ -134,12 +150,12 @@ class McpClientDyingServerTests(SimpleTestCase):
         server = RunningServer("streamable-http")
         self.addCleanup(server.stop)
         with self.assertRaises(McpError) as ctx:
-            mcp_client.call_tool(Target("streamable_http", url=server.url), "crash", {}, timeout=10)
+            mcp_client.call_tool(http_target("streamable_http", url=server.url), "crash", {}, timeout=10)
         self.assertEqual(ctx.exception.kind, mcp_client.CLOSED)
         server.proc.wait(timeout=5)
         with self.assertRaises(McpError) as ctx:
-            mcp_client.ping(Target("streamable_http", url=server.url), timeout=5)
-        self.assertEqual(ctx.exception.kind, mcp_client.REFUSED)
+            mcp_client.ping(http_target("streamable_http", url=server.url), timeout=5)
+        self.assertEqual(ctx.exception.kind, mcp_client.UNREACHABLE)
 
 
 class McpClientStdioTests(SimpleTestCase):
@@ -159,11 +175,23 @@ class McpClientStdioTests(SimpleTestCase):
                 stdio_target(env={"CUSTOM_TOKEN": "env-secret-value"}, cwd=self.cwd), "whoami", {}, timeout=30
             )
         info = result.structured
+        self.assertEqual(info["cwd"], "/workspace")
+        self.assertEqual(set(info["env"]), {"PATH", "HOME", "LANG", "PWD", "CUSTOM_TOKEN"})
+
+    def test_it_runs_an_unsandboxed_server_in_the_workspace_with_a_clean_environment(self) -> None:
+        leaks = {
+            "DATABASE_URL": "postgres://u:pw@db/x",
+            "SESSIONADMIN_SECRET_KEY": "django-secret",
+            "CELERY_BROKER_URL": "redis://r",
+        }
+        with mock.patch.dict(os.environ, leaks):
+            result = mcp_client.call_tool(
+                stdio_target(env={"CUSTOM_TOKEN": "env-secret-value"}, cwd=self.cwd, sandbox=False), "whoami", {}, timeout=30
+            )
+        info = result.structured
         self.assertEqual(Path(info["cwd"]).resolve(), Path(self.cwd).resolve())
         self.assertIn("CUSTOM_TOKEN", info["env"])
-        self.assertLessEqual(set(info["env"]), {"PATH", "HOME", "LANG", "LOGNAME", "SHELL", "TERM", "USER", "CUSTOM_TOKEN"})
-        for name in leaks:
-            self.assertNotIn(name, info["env"])
+        self.assertLessEqual(set(info["env"]), {"PATH", "HOME", "LANG", "CUSTOM_TOKEN"})
         self.assertTrue(process_gone(info["pid"]))
 
     def test_it_passes_catalog_env_values(self) -> None:
@@ -172,10 +200,11 @@ class McpClientStdioTests(SimpleTestCase):
         )
         self.assertEqual(result.structured, {"result": "env-secret-value"})
 
-    def test_it_reaps_a_hanging_stdio_server_on_timeout(self) -> None:
+    def test_it_reaps_a_hanging_unsandboxed_stdio_server_on_timeout(self) -> None:
+        # Sandboxed servers (pids of their own namespace) are checked in test_sandbox.py.
         pidfile = Path(self.cwd) / "pid"
         with self.assertRaises(McpError) as ctx:
-            mcp_client.call_tool(stdio_target(), "sleep", {"seconds": 60, "pidfile": str(pidfile)}, timeout=3)
+            mcp_client.call_tool(stdio_target(sandbox=False), "sleep", {"seconds": 60, "pidfile": str(pidfile)}, timeout=10)
         self.assertEqual(ctx.exception.kind, mcp_client.TIMEOUT)
         self.assertTrue(process_gone(int(pidfile.read_text())))
 
@@ -191,7 +220,13 @@ class McpClientStdioTests(SimpleTestCase):
 
     def test_it_redacts_secrets_from_what_a_failing_server_prints(self) -> None:
         script = "import os, sys; print('boom ' + os.environ['API_KEY'], file=sys.stderr); sys.exit(1)"
-        target = Target("stdio", command=stdio_command()[0], args=("-c", script), env={"API_KEY": "sk-live-123456"})
+        target = Target(
+            "stdio",
+            command=stdio_command()[0],
+            args=("-c", script),
+            env={"API_KEY": "sk-live-123456"},
+            read_only_paths=SANDBOX_PATHS,
+        )
         with self.assertRaises(McpError) as ctx:
             mcp_client.ping(target, timeout=10)
         self.assertIn("boom [redacted]", str(ctx.exception))

@@ -6,14 +6,18 @@ from __future__ import annotations
 import json
 import os
 import stat
+import uuid
 from pathlib import Path
+
+from django.core.exceptions import ValidationError
+from django.test import override_settings
 
 from sessionadmin import mcp_client, mcp_services
 from sessionadmin.manager import InvalidInput, MCPClientNotFound, SessionNotFound
 from sessionadmin.mcp_services import McpOperationFailed
 from sessionadmin.models import AgentSession, AuditEntry, McpClient, McpServer
 from tests.base import BaseTestCase
-from tests.mcp_servers import RunningServer, process_gone, stdio_command
+from tests.mcp_servers import SANDBOX_PATHS, RunningServer, processes_with, stdio_command
 
 HEADER_SECRET = "hdr-secret-Xy7-0042"
 ENV_SECRET = "env-secret-Qw3-0099"
@@ -64,7 +68,7 @@ class McpServicesTestCase(BaseTestCase):
         )
         command, args = stdio_command()
         self.stdio_server = mcp_services.save_server(
-            McpServer(name="tools-stdio", transport="stdio", command=command, args=args),
+            McpServer(name="tools-stdio", transport="stdio", command=command, args=args, read_only_paths=list(SANDBOX_PATHS)),
             actor="alice",
             env={"CUSTOM_TOKEN": ENV_SECRET},
         )
@@ -115,10 +119,10 @@ class AttachTests(McpServicesTestCase):
     def test_a_failed_attach_leaves_no_client_and_is_audited(self) -> None:
         with self.assertRaises(McpOperationFailed) as ctx:
             mcp_services.add_client(self.session.id, url="http://127.0.0.1:9/mcp", client_id="dead", actor="alice")
-        self.assertEqual(ctx.exception.kind, mcp_client.REFUSED)
+        self.assertEqual(ctx.exception.kind, mcp_client.UNREACHABLE)
         self.assertFalse(McpClient.objects.exists())
         [failed] = self.events("mcp_client_add_failed")
-        self.assertEqual(failed.details["kind"], "refused")
+        self.assertEqual(failed.details["kind"], "unreachable")
         self.assertEqual(failed.details["client_id"], "dead")
 
     def test_a_wrong_credential_is_an_auth_failure(self) -> None:
@@ -204,16 +208,18 @@ class ClientLifecycleTests(McpServicesTestCase):
         server.stop()
         client = mcp_services.refresh_client(self.session.id, "going", actor="alice")
         self.assertEqual(client.status, McpClient.Status.ERROR)
-        self.assertTrue(client.last_error.startswith("refused: "))
+        self.assertTrue(client.last_error.startswith("unreachable: could not connect to the MCP server at "))
 
     def test_cleanup_closes_clients_and_the_stdio_child_is_gone(self) -> None:
+        # A marker of this run in the server's environment finds its processes from outside.
+        marker = f"mark-{uuid.uuid4().hex}"
+        mcp_services.save_server(self.stdio_server, actor="alice", env={"CUSTOM_TOKEN": ENV_SECRET, "RUN_MARK": marker})
         mcp_services.add_client(self.session.id, server=self.stdio_server, actor="alice")
         mcp_services.add_client(self.session.id, server=self.http_server, actor="alice")
         result = mcp_services.call_tool(self.session.id, "tools-stdio", "whoami", {}, actor="alice")
-        pid = result.structured["pid"]
-        self.assertEqual(Path(result.structured["cwd"]).resolve(), Path(self.session.workspace_path).resolve())
+        self.assertEqual(result.structured["cwd"], "/workspace")
         self.manager().cleanup_session(self.session.id, actor="alice")
-        self.assertTrue(process_gone(pid))
+        self.assertEqual(processes_with(marker, where="environ"), [])
         self.assertEqual(set(McpClient.objects.values_list("status", flat=True)), {"closed"})
         closed = self.events("mcp_client_closed")
         self.assertEqual(sorted(e.details["client_id"] for e in closed), ["tools-http", "tools-stdio"])
@@ -322,3 +328,45 @@ class HealthPassTests(McpServicesTestCase):
         mcp_services.add_client(self.session.id, server=self.http_server, actor="alice")
         AgentSession.objects.filter(pk=self.session.pk).update(status=AgentSession.Status.TERMINATING)
         self.assertEqual(mcp_services.health_pass(), {"checked": 0, "ok": 0, "failed": 0, "changed": 0})
+
+
+class SandboxAndPolicyTests(McpServicesTestCase):
+    def test_targets_carry_the_sandbox_and_the_url_policy(self) -> None:
+        self.stdio_server.network = True
+        mcp_services.save_server(self.stdio_server, actor="alice")
+        stdio = mcp_services.add_client(self.session.id, server=self.stdio_server, actor="alice")
+        http = mcp_services.add_client(self.session.id, server=self.http_server, actor="alice")
+        with override_settings(SESSIONADMIN_MCP_MAX_RESULT_BYTES=1234):
+            target = mcp_services.target_for(stdio, self.session)
+            self.assertEqual((target.sandbox, target.network, target.cwd), (True, True, self.session.workspace_path))
+            self.assertEqual(target.read_only_paths, SANDBOX_PATHS)
+            self.assertEqual(target.max_result_bytes, 1234)
+            target = mcp_services.target_for(http, self.session)
+            self.assertEqual((target.allowed_hosts, target.max_result_bytes), (("127.0.0.1",), 1234))
+        with override_settings(SESSIONADMIN_STDIO_SANDBOX=False):
+            self.assertFalse(mcp_services.target_for(stdio, self.session).sandbox)
+
+    def test_with_the_sandbox_off_a_stdio_server_runs_in_the_workspace_itself(self) -> None:
+        mcp_services.add_client(self.session.id, server=self.stdio_server, actor="alice")
+        with override_settings(SESSIONADMIN_STDIO_SANDBOX=False):
+            result = mcp_services.call_tool(self.session.id, "tools-stdio", "whoami", {}, actor="alice")
+        self.assertEqual(Path(result.structured["cwd"]).resolve(), Path(self.session.workspace_path).resolve())
+        self.assertEqual(
+            mcp_services.call_tool(self.session.id, "tools-stdio", "whoami", {}, actor="alice").structured["cwd"], "/workspace"
+        )
+
+    def test_saving_refuses_internal_urls_and_paths_that_would_show_the_dashboard(self) -> None:
+        with override_settings(SESSIONADMIN_MCP_ALLOWED_HOSTS=[]), self.assertRaises(ValidationError) as ctx:
+            mcp_services.save_server(McpServer(name="meta", transport="sse", url="http://169.254.169.254/sse"), actor="alice")
+        self.assertIn("169.254.169.254 is a cloud metadata address", str(ctx.exception.message_dict["url"]))
+        self.stdio_server.read_only_paths = [str(Path(self.session.workspace_path).parent)]
+        with self.assertRaises(ValidationError) as ctx:
+            mcp_services.save_server(self.stdio_server, actor="alice")
+        self.assertIn("may not be, contain or lie inside", str(ctx.exception.message_dict["read_only_paths"]))
+        self.assertFalse(McpServer.objects.filter(name="meta").exists())
+
+    def test_a_catalog_url_no_longer_allowed_is_refused_on_attach(self) -> None:
+        with override_settings(SESSIONADMIN_MCP_ALLOWED_HOSTS=[]), self.assertRaises(InvalidInput) as ctx:
+            mcp_services.add_client(self.session.id, server=self.http_server, actor="alice")
+        self.assertIn("URL of tools-http refused: 127.0.0.1 is a loopback address", str(ctx.exception))
+        self.assertFalse(McpClient.objects.exists())

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 import uuid
 
+from django.conf import settings
 from django.contrib.auth.models import Permission
+from django.test import override_settings
 from django.urls import reverse
 
 from sessionadmin import mcp_services
@@ -99,7 +102,7 @@ class AttachViewTests(McpViewsTestCase):
         response = self.client.post(
             self.attach_url, {"url": "http://127.0.0.1:9/mcp", "transport": "streamable_http"}, headers={"HX-Request": "true"}
         )
-        self.assertContains(response, "Attach failed: refused:")
+        self.assertContains(response, "Attach failed: unreachable: could not connect to the MCP server at")
         self.assertEqual(AuditEntry.objects.filter(event_type="mcp_client_add_failed").count(), 1)
 
     def test_it_is_post_only_and_for_operators(self) -> None:
@@ -275,3 +278,76 @@ class CatalogViewTests(McpViewsTestCase):
         self.assertNotIn("admin-secret-246810", created.headers_encrypted)
         self.assertEqual(mcp_services.server_headers(created), {"X-Api-Key": "admin-secret-246810"})
         self.assertTrue(AuditEntry.objects.filter(event_type="mcp_server_created", actor="root").exists())
+
+
+class CatalogSandboxViewTests(McpViewsTestCase):
+    def stdio_form(self, **extra: str) -> dict[str, str]:
+        return {"name": "sandboxed", "transport": "stdio", "command": sys.executable, "enabled": "on", **extra}
+
+    def test_operators_give_a_stdio_server_network_and_read_only_paths(self) -> None:
+        self.login("alice")
+        paths = f"{sys.prefix}\n\n{sys.base_prefix}/\n"
+        response = self.client.post(reverse("mcp_server_create"), self.stdio_form(read_only_paths_text=paths, network="on"))
+        self.assertRedirects(response, reverse("mcp_server_list"))
+        created = McpServer.objects.get(name="sandboxed")
+        self.assertEqual((created.read_only_paths, created.network), ([sys.prefix, sys.base_prefix], True))
+        [audited] = AuditEntry.objects.filter(event_type="mcp_server_created", details__server="sandboxed")
+        self.assertEqual(audited.details["read_only_paths"], [sys.prefix, sys.base_prefix])
+        self.assertTrue(audited.details["network"])
+        self.assertContains(self.client.get(reverse("mcp_server_list")), f"network on · ro {sys.prefix}")
+        edit = self.client.get(reverse("mcp_server_edit", args=[created.pk]))
+        self.assertContains(edit, f"{sys.prefix}\n{sys.base_prefix}</textarea>")
+        self.client.post(reverse("mcp_server_edit", args=[created.pk]), self.stdio_form())
+        created.refresh_from_db()
+        self.assertEqual((created.read_only_paths, created.network), ([], False))
+
+    def test_read_only_paths_that_would_show_the_dashboard_are_refused(self) -> None:
+        self.login("alice")
+        refused = {
+            "venv": "must be absolute",
+            "/nonexistent/venv": "no such file or folder",
+            "/etc/ssl": "may not be, contain or lie inside /etc",
+            str(settings.VAR_DIR): "may not be, contain or lie inside",
+            str(settings.BASE_DIR): "may not be",
+            "/": "may not be, contain or lie inside",
+        }
+        for path, message in refused.items():
+            with self.subTest(path):
+                response = self.client.post(reverse("mcp_server_create"), self.stdio_form(read_only_paths_text=path))
+                self.assertContains(response, message, status_code=400)
+        self.assertFalse(McpServer.objects.filter(name="sandboxed").exists())
+
+    @override_settings(SESSIONADMIN_MCP_ALLOWED_HOSTS=["10.1.0.0/16"])
+    def test_internal_urls_are_a_clear_form_error_unless_listed(self) -> None:
+        self.login("alice")
+        form = {"name": "internal", "transport": "streamable_http", "enabled": "on"}
+        for url, message in (
+            ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a cloud metadata address"),
+            ("http://127.0.0.1:6379/", "127.0.0.1 is a loopback address"),
+            ("http://localhost:8000/mcp", "localhost resolves to 127.0.0.1, which is a loopback address"),
+            ("http://[::ffff:10.2.0.1]/mcp", "is a private address (in IPv6 form)"),
+        ):
+            with self.subTest(url):
+                response = self.client.post(reverse("mcp_server_create"), {**form, "url": url})
+                self.assertContains(response, message, status_code=400)
+                self.assertContains(response, "must be listed in SESSIONADMIN_MCP_ALLOWED_HOSTS", status_code=400)
+        response = self.client.post(reverse("mcp_server_create"), {**form, "url": "http://10.1.2.3:8000/mcp"})
+        self.assertRedirects(response, reverse("mcp_server_list"))
+
+    @override_settings(SESSIONADMIN_MCP_ALLOWED_HOSTS=[])
+    def test_an_internal_adhoc_url_is_refused_on_attach(self) -> None:
+        self.alice.user_permissions.add(Permission.objects.get(codename="attach_adhoc_mcp"))
+        self.login("alice")
+        response = self.client.post(
+            self.attach_url, {"url": "http://10.0.0.1/mcp", "transport": "streamable_http"}, headers={"HX-Request": "true"}
+        )
+        self.assertContains(response, "Attach failed: URL refused: 10.0.0.1 is a private address")
+        self.assertFalse(McpClient.objects.exists())
+
+    def test_the_catalog_says_loudly_when_stdio_servers_are_not_isolated(self) -> None:
+        self.login("bob")
+        self.assertNotContains(self.client.get(reverse("mcp_server_list")), "stdio MCP servers are not isolated")
+        with override_settings(SESSIONADMIN_STDIO_SANDBOX=False):
+            self.assertContains(self.client.get(reverse("mcp_server_list")), "stdio MCP servers are not isolated")
+            self.login("alice")
+            self.assertContains(self.client.get(reverse("mcp_server_create")), "stdio MCP servers are not isolated")

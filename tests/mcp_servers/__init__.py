@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 
 SERVER_SCRIPT = Path(__file__).resolve().with_name("server.py")
+HOSTILE_SCRIPT = Path(__file__).resolve().with_name("hostile.py")
+# What a sandboxed test server must see read-only: the venv, the interpreter it links to, and
+# this folder (the scripts); nothing else of the repository.
+SANDBOX_PATHS = (sys.prefix, sys.base_prefix, str(SERVER_SCRIPT.parent))
 
 
 def stdio_command() -> tuple[str, list[str]]:
@@ -15,12 +19,17 @@ def stdio_command() -> tuple[str, list[str]]:
     return sys.executable, [str(SERVER_SCRIPT), "stdio"]
 
 
+def hostile_command(mode: str = "stdio") -> tuple[str, list[str]]:
+    """Command and arguments of the hostile server (``hostile.py``) in one of its modes."""
+    return sys.executable, [str(HOSTILE_SCRIPT), mode]
+
+
 class RunningServer:
     """``server.py`` over streamable HTTP or SSE on 127.0.0.1, on a port the server picks and
     reports, so parallel test runs never race for one."""
 
-    def __init__(self, transport: str, *, token: str = "") -> None:
-        args = [sys.executable, str(SERVER_SCRIPT), transport] + (["--token", token] if token else [])
+    def __init__(self, transport: str, *, token: str = "", script: Path = SERVER_SCRIPT) -> None:
+        args = [sys.executable, str(script), transport] + (["--token", token] if token else [])
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ))
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -46,3 +55,26 @@ class RunningServer:
 def process_gone(pid: int) -> bool:
     """True once the process no longer exists at all (reaped, not even a zombie)."""
     return not Path(f"/proc/{pid}").exists()
+
+
+def processes_with(marker: str, *, where: str = "cmdline") -> list[int]:
+    """Host pids of live (not zombie) processes whose ``cmdline`` or ``environ`` contains
+    ``marker``: how a test finds a sandboxed process, whose own pid is one of its namespace."""
+    found = []
+    needle = marker.encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / where).read_bytes() and not _zombie(entry):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _zombie(entry: Path) -> bool:
+    for line in (entry / "status").read_text().splitlines():
+        if line.startswith("State:"):
+            return "Z" in line.split()[1]
+    return False

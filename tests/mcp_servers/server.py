@@ -106,7 +106,9 @@ def _bearer_guard(app: Any, token: str) -> Any:
 
     async def guarded(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and dict(scope["headers"]).get(b"authorization") != expected:
-            await send({"type": "http.response.start", "status": 401, "headers": [(b"content-type", b"text/plain")]})
+            # MCP's authorization spec: a 401 carries a Bearer challenge.
+            headers = [(b"content-type", b"text/plain"), (b"www-authenticate", b'Bearer realm="test"')]
+            await send({"type": "http.response.start", "status": 401, "headers": headers})
             await send({"type": "http.response.body", "body": b"unauthorized"})
             return
         await app(scope, receive, send)
