@@ -120,7 +120,9 @@ def serve_http(transport: str, token: str) -> None:
 
     app = server.streamable_http_app() if transport == "streamable-http" else server.sse_app()
     asgi = _bearer_guard(app, token) if token else app
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+    # with Nagle on, a keep-alive response written as headers + body waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     sock.listen(128)
