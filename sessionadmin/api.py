@@ -461,11 +461,9 @@ def session_mcp_config(request: HttpRequest, token: ApiToken, session_id: str) -
     from sessionadmin import mcp_services
 
     session = get_visible_session(token, session_id)
-    try:
-        config = mcp_services.mcp_config_for(session, include_secrets=token.can_read_secrets)
-    except SecretsError as exc:
-        raise ApiError(503, "secrets_unreadable", str(exc)) from exc
-    # May carry secrets: never cached by anything between us and the runtime.
+    # Each request mints a token of the session's gateway endpoint (audited with its prefix).
+    config = mcp_services.mcp_config_for(session, actor=token.actor)
+    # Carries a bearer token: never cached by anything between us and the runtime.
     return JsonResponse(config, headers={"Cache-Control": "no-store"})
 
 

@@ -314,11 +314,16 @@ def preview_cleanup(*, now: datetime | None = None, threshold: timedelta | None 
         source = f"org {c.org_id}'s idle timeout" if c.timeout_source == "org" else "global default"
         why = f"idle {_human(idle_for)} > {_human(c.timeout)} ({source})"
         pinned = c.pinned_until is not None and c.pinned_until > now
+        busy = c.busy_until is not None and c.busy_until > now
         if pinned:
             preview.pinned += 1
             why += f"; skipped: pinned until {c.pinned_until:%Y-%m-%d %H:%M} UTC"
+        elif busy:
+            preview.pinned += 1
+            why += "; skipped: a tool call is in flight"
         else:
             preview.total += 1
+        pinned = pinned or busy
         if len(preview.rows) < limit:
             preview.rows.append(PreviewRow(candidate=c, idle_for=idle_for, would_end=not pinned, why=why))
     return preview

@@ -156,6 +156,7 @@ class SessionManager:
                     created_at=now,
                     last_active_at=now,
                     created_by=actor,
+                    gateway=settings.SESSIONADMIN_GATEWAY_URL,
                 )
                 session.save(force_insert=True)
                 entries = [audit.session_entry("session_created", session, actor, {"workspace_path": str(path)})]
@@ -409,6 +410,7 @@ class SessionManager:
                 row.ended_by, row.end_reason = actor, reason
                 row.save(update_fields=["status", "ended_by", "end_reason"])
                 self._audit(audit.session_entry("session_terminating", row, actor, {"reason": reason}))
+                _cut_off_on_commit([row.id])
         return self._bind(row)
 
     def begin_cleanups(
@@ -423,16 +425,20 @@ class SessionManager:
         with transaction.atomic():
             qs = AgentSession.objects.active().filter(pk__in=list(session_ids))
             rows = list(
-                qs.select_for_update(skip_locked=True).only("id", "user_id", "org_id", "status", "last_active_at", "pinned_until")
+                qs.select_for_update(skip_locked=True).only(
+                    "id", "user_id", "org_id", "status", "last_active_at", "pinned_until", "busy_until"
+                )
             )
             if idle_cutoffs is not None:
-                # Re-checked under the lock: touched or pinned since it was selected means kept.
+                # Re-checked under the lock: touched, pinned or busy with a tool call since it was
+                # selected means kept.
                 rows = [
                     r
                     for r in rows
                     if r.id in idle_cutoffs
                     and r.last_active_at < idle_cutoffs[r.id]
                     and not (r.pinned_until and r.pinned_until > now)
+                    and not (r.busy_until and r.busy_until > now)
                 ]
             if not rows:
                 return []
@@ -440,6 +446,7 @@ class SessionManager:
                 status=AgentSession.Status.TERMINATING, ended_by=actor, end_reason=reason
             )
             self._audit(*(audit.session_entry("session_terminating", r, actor, {"reason": reason}, at=now) for r in rows))
+            _cut_off_on_commit([r.id for r in rows])
         return rows
 
     def kill_sessions(self, session_ids: Sequence[uuid.UUID], *, actor: str, reason: str) -> tuple[int, CleanupResult]:
@@ -540,6 +547,14 @@ class SessionManager:
         return ended
 
 
+def _cut_off_on_commit(session_ids: Sequence[uuid.UUID]) -> None:
+    """The session ended: once the terminating mark commits, the MCP gateway refuses its token,
+    cancels its tool calls in flight and closes its upstream connections."""
+    from sessionadmin import mcp_services  # the MCP layer imports this module
+
+    mcp_services.cut_off_on_commit(session_ids)
+
+
 @dataclass(frozen=True)
 class Candidate:
     id: uuid.UUID
@@ -549,6 +564,7 @@ class Candidate:
     timeout: timedelta
     timeout_source: str  # "global" or "org"
     pinned_until: datetime | None = None
+    busy_until: datetime | None = None
 
     def cutoff(self, now: datetime) -> datetime:
         return now - self.timeout
@@ -567,23 +583,26 @@ def iter_idle(threshold: timedelta, *, now: datetime, chunk: int = 1000, include
 
     Walked by keyset on (last_active_at, id) with only the columns it needs, so that callers
     can mark rows as they go and memory stays flat whatever the number of sessions. With
-    ``include_pinned``, pinned sessions come too (the preview shows them)."""
+    ``include_pinned``, pinned sessions and sessions with a tool call in flight come too (the
+    preview shows them as skipped)."""
     overrides = org_timeouts()
     sessions = AgentSession.objects.active().filter(last_active_at__lt=now - min_org_threshold(threshold))
     if not include_pinned:
-        sessions = sessions.not_pinned(now)
-    qs = sessions.order_by("last_active_at", "id").values_list("id", "user_id", "org_id", "last_active_at", "pinned_until")
+        sessions = sessions.not_pinned(now).not_busy(now)
+    qs = sessions.order_by("last_active_at", "id").values_list(
+        "id", "user_id", "org_id", "last_active_at", "pinned_until", "busy_until"
+    )
     after: tuple[datetime, uuid.UUID] | None = None
     while True:
         page = qs
         if after is not None:
             page = qs.filter(Q(last_active_at__gt=after[0]) | Q(last_active_at=after[0], id__gt=after[1]))
-        rows: list[tuple[uuid.UUID, str, str, datetime, datetime | None]] = list(page[:chunk])
-        for sid, user_id, org_id, last_active_at, pinned_until in rows:
+        rows: list[tuple[uuid.UUID, str, str, datetime, datetime | None, datetime | None]] = list(page[:chunk])
+        for sid, user_id, org_id, last_active_at, pinned_until, busy_until in rows:
             timeout = overrides.get(org_id, threshold)
             if last_active_at < now - timeout:
                 source = "org" if org_id in overrides else "global"
-                yield Candidate(sid, user_id, org_id, last_active_at, timeout, source, pinned_until)
+                yield Candidate(sid, user_id, org_id, last_active_at, timeout, source, pinned_until, busy_until)
         if len(rows) < chunk:
             return
         after = (rows[-1][3], rows[-1][0])

@@ -24,14 +24,17 @@ The SDK (``import mcp``) costs about a second to import, so it is imported lazil
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import hashlib
+import json
 import os
-import tempfile
+import signal
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TextIO, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 T = TypeVar("T")
@@ -48,6 +51,12 @@ INHERITED_ENV = ("PATH", "HOME", "LANG")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 MAX_MESSAGE = 500
 MAX_PAGES = 20
+# A stdio server closed normally gets this long to exit after its stdin closes, then SIGTERM,
+# then SIGKILL, each after STDIO_TERM_SECONDS.
+STDIO_GRACE_SECONDS = 0.5
+STDIO_TERM_SECONDS = 0.5
+STDERR_TAIL_BYTES = 4096
+MAX_LINE_BYTES = 64 * 1024 * 1024
 
 
 class McpError(Exception):
@@ -97,6 +106,7 @@ class Snapshot:
     capabilities: dict[str, Any]
     tools: list[dict[str, Any]] = field(default_factory=list)
     resources: list[dict[str, Any]] = field(default_factory=list)
+    resource_templates: list[dict[str, Any]] = field(default_factory=list)
     prompts: list[dict[str, Any]] = field(default_factory=list)
     duration: float = 0.0
 
@@ -163,7 +173,7 @@ def call_tool(target: Target, name: str, arguments: dict[str, Any], *, timeout: 
     async def op(client: Any) -> ToolResult:
         started = time.perf_counter()
         result = await client.call_tool(name, arguments)
-        return _tool_result(result, time.perf_counter() - started)
+        return tool_result(result, time.perf_counter() - started)
 
     return run_sync(lambda: _guarded(target, timeout, op))
 
@@ -193,6 +203,178 @@ def ping_many(targets: Sequence[Target], *, timeout: float, concurrency: int) ->
     return run_sync(all_pings)
 
 
+# --- transports: how a Target becomes a pair of message streams ------------------------------
+
+
+class ProcessHandle:
+    """The stdio server process behind a transport: its pid (process group), the tail of what it
+    wrote to stderr, and how hard to stop it. Filled in when the transport starts."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        # Seconds the server gets to exit on its own after its stdin closes; 0 for a kill.
+        self.grace = STDIO_GRACE_SECONDS
+        self._stderr = bytearray()
+
+    def add_stderr(self, chunk: bytes) -> None:
+        self._stderr += chunk
+        if len(self._stderr) > STDERR_TAIL_BYTES:
+            del self._stderr[: len(self._stderr) - STDERR_TAIL_BYTES]
+
+    def stderr_tail(self) -> str:
+        """The last non-empty line the server wrote to stderr."""
+        lines = [line.strip() for line in self._stderr.decode("utf-8", "replace").splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+    def signal_group(self, signum: int) -> None:
+        """Signal the server's whole process group (it runs in a session of its own), so its
+        children go with it."""
+        if self.pid is None:
+            return
+        try:
+            os.killpg(self.pid, signum)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def open_transport(target: Target, *, timeout: float, probe: _Probe | None = None, process: ProcessHandle | None = None) -> Any:
+    """The async context manager that connects to ``target`` and yields the SDK's
+    ``(read_stream, write_stream)``: a stdio process of ours (see ``stdio_transport``), or the
+    SDK's streamable-HTTP / SSE client with our HTTP client (shared TLS context, status probe,
+    no redirects followed). The one place a Target becomes a connection: live gateway
+    connections and one-shot operations both come through here."""
+    import httpx2
+
+    probe = probe or _Probe()
+    if target.transport == "stdio":
+        return stdio_transport(target, process or ProcessHandle())
+    http_timeout = httpx2.Timeout(timeout, read=timeout)
+    if target.transport == "streamable_http":
+        from mcp.client.streamable_http import streamable_http_client
+
+        return streamable_http_client(target.url, http_client=_http_client(probe, target.headers, http_timeout))
+    if target.transport == "sse":
+        from mcp.client.sse import sse_client
+
+        def factory(headers: Any = None, timeout: Any = None, auth: Any = None) -> Any:
+            return _http_client(probe, headers, timeout)
+
+        return sse_client(
+            target.url, headers=target.headers or None, timeout=timeout, sse_read_timeout=None, httpx_client_factory=factory
+        )
+    raise McpError(PROTOCOL, f"unknown transport {target.transport!r}")
+
+
+@contextlib.asynccontextmanager
+async def stdio_transport(target: Target, handle: ProcessHandle) -> AsyncIterator[tuple[Any, Any]]:
+    """Run a stdio server and exchange newline-delimited JSON-RPC with it.
+
+    Like the SDK's ``stdio_client`` (its own session and process group, pipes bridged to
+    memory streams), plus what a long-lived connection needs: the pid is known (``handle``),
+    stderr is kept as a bounded tail in memory instead of a file that grows for days, and
+    closing stops the *group* after ``handle.grace`` seconds (0 on a session kill: no grace),
+    SIGTERM then SIGKILL, so the server's children go too and nothing outlives the connection.
+    """
+    import anyio
+    import mcp_types
+    from mcp.shared.message import SessionMessage
+
+    process = await anyio.open_process(
+        [target.command, *target.args],
+        env=stdio_env(target.env),
+        cwd=target.cwd,
+        start_new_session=True,
+    )
+    handle.pid = process.pid
+    read_writer, read_stream = anyio.create_memory_object_stream[Any](0)
+    write_stream, write_reader = anyio.create_memory_object_stream[Any](0)
+    stderr_done = anyio.Event()
+
+    async def stdout_reader() -> None:
+        assert process.stdout is not None
+        buffer = b""
+        try:
+            async with read_writer:
+                async for chunk in process.stdout:
+                    lines = (buffer + chunk).split(b"\n")
+                    buffer = lines.pop()
+                    if len(buffer) > MAX_LINE_BYTES:
+                        raise ValueError("the server sent a line longer than the limit")
+                    for line in lines:
+                        if not line.strip():
+                            continue
+                        try:
+                            item: Any = SessionMessage(mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+                        except ValueError as exc:
+                            item = exc
+                        await read_writer.send(item)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, ValueError, OSError):
+            pass
+
+    async def stderr_reader() -> None:
+        assert process.stderr is not None
+        try:
+            async for chunk in process.stderr:
+                handle.add_stderr(chunk)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, anyio.EndOfStream, OSError):
+            pass
+        finally:
+            stderr_done.set()
+
+    async def stdin_writer() -> None:
+        assert process.stdin is not None
+        try:
+            async with write_reader:
+                async for message in write_reader:
+                    data = message.message.model_dump_json(by_alias=True, exclude_unset=True) + "\n"
+                    await process.stdin.send(data.encode())
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
+            # The server stopped reading: end the session's view of the connection too.
+            await read_writer.aclose()
+
+    async def stop() -> None:
+        read_stream.close()
+        write_stream.close()
+        assert process.stdin is not None
+        with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            await process.stdin.aclose()
+        if not await _exited(process, handle.grace):
+            handle.signal_group(signal.SIGTERM)
+            if not await _exited(process, STDIO_TERM_SECONDS):
+                handle.signal_group(signal.SIGKILL)
+                await _exited(process, STDIO_TERM_SECONDS)
+        # Whatever the server started and left behind in its group goes too.
+        handle.signal_group(signal.SIGKILL)
+        with anyio.move_on_after(STDIO_TERM_SECONDS):
+            await stderr_done.wait()
+        with anyio.move_on_after(STDIO_TERM_SECONDS):
+            await process.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stdout_reader)
+        tg.start_soon(stderr_reader)
+        tg.start_soon(stdin_writer)
+        try:
+            yield read_stream, write_stream
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stop()
+            tg.cancel_scope.cancel()
+
+
+async def _exited(process: Any, timeout: float) -> bool:
+    """Whether the process exited within ``timeout`` (polled: ``wait()`` would also wait for
+    pipe EOF, which a child holding the pipes can delay forever)."""
+    import anyio
+
+    deadline = anyio.current_time() + timeout
+    while process.returncode is None:
+        if anyio.current_time() >= deadline:
+            return False
+        await anyio.sleep(0.01)
+    return True
+
+
 # --- connection and error mapping -------------------------------------------------------------
 
 
@@ -202,20 +384,17 @@ async def _guarded(target: Target, timeout: float, op: Callable[[Any], Awaitable
     import anyio
 
     probe = _Probe()
-    errlog = _stderr_file() if target.transport == "stdio" else None
+    process = ProcessHandle()
     try:
         with anyio.fail_after(timeout):
-            async with _client(target, timeout, probe, errlog) as client:
+            async with _client(target, timeout, probe, process) as client:
                 return await op(client)
     except McpError:
         raise
     except BaseException as exc:
         if not isinstance(exc, Exception | BaseExceptionGroup) or isinstance(exc, anyio.get_cancelled_exc_class()):
             raise
-        raise _map_error(exc, target, timeout, probe, _stderr_tail(errlog)) from None
-    finally:
-        if errlog is not None:
-            errlog.close()
+        raise map_error(exc, target, timeout, probe, process.stderr_tail()) from None
 
 
 class _Probe:
@@ -252,32 +431,11 @@ def _http_client(probe: _Probe, headers: dict[str, str] | None, timeout: Any) ->
     )
 
 
-def _client(target: Target, timeout: float, probe: _Probe, errlog: TextIO | None) -> Any:
-    import httpx2
-    from mcp import Client, StdioServerParameters
+def _client(target: Target, timeout: float, probe: _Probe, process: ProcessHandle) -> Any:
+    from mcp import Client
 
-    common: dict[str, Any] = {"read_timeout_seconds": timeout, "cache": None}
-    if target.transport == "stdio":
-        from mcp.client.stdio import stdio_client
-
-        params = StdioServerParameters(command=target.command, args=list(target.args), env=stdio_env(target.env), cwd=target.cwd)
-        return Client(stdio_client(params, errlog=errlog) if errlog is not None else stdio_client(params), **common)
-    http_timeout = httpx2.Timeout(timeout, read=timeout)
-    if target.transport == "streamable_http":
-        from mcp.client.streamable_http import streamable_http_client
-
-        return Client(streamable_http_client(target.url, http_client=_http_client(probe, target.headers, http_timeout)), **common)
-    if target.transport == "sse":
-        from mcp.client.sse import sse_client
-
-        def factory(headers: Any = None, timeout: Any = None, auth: Any = None) -> Any:
-            return _http_client(probe, headers, timeout)
-
-        transport = sse_client(
-            target.url, headers=target.headers or None, timeout=timeout, sse_read_timeout=timeout, httpx_client_factory=factory
-        )
-        return Client(transport, **common)
-    raise McpError(PROTOCOL, f"unknown transport {target.transport!r}")
+    transport = open_transport(target, timeout=timeout, probe=probe, process=process)
+    return Client(transport, read_timeout_seconds=timeout, cache=None)
 
 
 def stdio_env(catalog_env: dict[str, str]) -> dict[str, str]:
@@ -288,22 +446,6 @@ def stdio_env(catalog_env: dict[str, str]) -> dict[str, str]:
     if os.environ.get("HOME"):
         env["HOME"] = os.environ["HOME"]
     return env | dict(catalog_env)
-
-
-def _stderr_file() -> TextIO:
-    return tempfile.TemporaryFile(mode="w+", encoding="utf-8", errors="replace")
-
-
-def _stderr_tail(errlog: TextIO | None) -> str:
-    if errlog is None:
-        return ""
-    try:
-        errlog.flush()
-        errlog.seek(0)
-        lines = [line.strip() for line in errlog.read()[-4000:].splitlines() if line.strip()]
-    except (OSError, ValueError):
-        return ""
-    return lines[-1] if lines else ""
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -321,8 +463,10 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return out
 
 
-def _map_error(exc: BaseException, target: Target, timeout: float, probe: _Probe, stderr: str) -> McpError:
-    error = _classify(_leaves(exc), target, timeout, probe, stderr)
+def map_error(exc: BaseException, target: Target, timeout: float, probe: _Probe | None = None, stderr: str = "") -> McpError:
+    """One McpError (kind + a message without secrets) for whatever the SDK, httpx2 or the OS
+    raised, however deep in exception groups."""
+    error = _classify(_leaves(exc), target, timeout, probe or _Probe(), stderr)
     return McpError(error.kind, redact(error.detail, target.secrets()))
 
 
@@ -394,8 +538,36 @@ async def _ping(client: Any) -> float:
 
 
 async def _inspect(client: Any) -> Snapshot:
-    """The three listings run concurrently on the one connection (over HTTP, three requests
-    in flight), each following its pagination cursor."""
+    return await snapshot_of(client)
+
+
+def tool_definition(tool: Any) -> dict[str, Any]:
+    """What an operator reviews and what is pinned: name, title, description, input and output
+    schema, annotations (as plain JSON)."""
+    annotations = getattr(tool, "annotations", None)
+    return {
+        "name": tool.name,
+        "title": tool.title or "",
+        "description": tool.description or "",
+        "input_schema": tool.input_schema or {},
+        "output_schema": tool.output_schema,
+        "annotations": annotations.model_dump(mode="json", exclude_none=True, by_alias=True) if annotations else None,
+    }
+
+
+def definition_sha256(definition: dict[str, Any]) -> str:
+    """SHA-256 of a tool definition in canonical JSON (sorted keys, compact)."""
+    return hashlib.sha256(canonical_json(definition).encode()).hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+async def snapshot_of(client: Any) -> Snapshot:
+    """Server info and every listing (tools, resources, resource templates, prompts) of a
+    connected client; the listings run concurrently on the one connection, each following its
+    pagination cursor."""
     import anyio
 
     started = time.perf_counter()
@@ -409,23 +581,42 @@ async def _inspect(client: Any) -> Snapshot:
     )
 
     async def tools() -> None:
-        snapshot.tools = [
-            {"name": t.name, "title": t.title or "", "description": t.description or "", "input_schema": t.input_schema or {}}
-            for t in await _all_pages(client.list_tools, "tools")
-        ]
+        snapshot.tools = [tool_definition(t) for t in await _all_pages(client.list_tools, "tools")]
 
     async def resources() -> None:
         snapshot.resources = [
-            {"uri": str(r.uri), "name": r.name, "description": r.description or "", "mime_type": r.mime_type or ""}
+            {
+                "uri": str(r.uri),
+                "name": r.name,
+                "title": r.title or "",
+                "description": r.description or "",
+                "mime_type": r.mime_type or "",
+            }
             for r in await _all_pages(client.list_resources, "resources")
+        ]
+
+    async def templates() -> None:
+        snapshot.resource_templates = [
+            {
+                "uri_template": str(t.uri_template),
+                "name": t.name,
+                "title": t.title or "",
+                "description": t.description or "",
+                "mime_type": t.mime_type or "",
+            }
+            for t in await _all_pages(client.list_resource_templates, "resource_templates")
         ]
 
     async def prompts() -> None:
         snapshot.prompts = [
             {
                 "name": p.name,
+                "title": p.title or "",
                 "description": p.description or "",
-                "arguments": [{"name": a.name, "required": bool(a.required)} for a in (p.arguments or [])],
+                "arguments": [
+                    {"name": a.name, "description": a.description or "", "required": bool(a.required)}
+                    for a in (p.arguments or [])
+                ],
             }
             for p in await _all_pages(client.list_prompts, "prompts")
         ]
@@ -435,6 +626,7 @@ async def _inspect(client: Any) -> Snapshot:
             tg.start_soon(tools)
         if caps is not None and caps.resources is not None:
             tg.start_soon(resources)
+            tg.start_soon(templates)
         if caps is not None and caps.prompts is not None:
             tg.start_soon(prompts)
     snapshot.duration = time.perf_counter() - started
@@ -453,7 +645,7 @@ async def _all_pages(fetch: Callable[..., Awaitable[Any]], attribute: str) -> li
     return items
 
 
-def _tool_result(result: Any, duration: float) -> ToolResult:
+def tool_result(result: Any, duration: float) -> ToolResult:
     text: list[str] = []
     other: list[dict[str, Any]] = []
     for block in getattr(result, "content", None) or []:

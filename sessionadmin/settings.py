@@ -210,6 +210,9 @@ SESSIONADMIN_IDLE_TIMEOUT_SECONDS = env_int("SESSIONADMIN_IDLE_TIMEOUT_SECONDS",
 # last_active_at is written at most once per session per this many seconds.
 SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS = env_int("SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS", 30)
 SESSIONADMIN_MCP_TIMEOUT_SECONDS = env_float("SESSIONADMIN_MCP_TIMEOUT_SECONDS", 10.0)
+# A tool call (agent or dashboard) through the gateway may run this long; handshakes, listings and
+# pings use the timeout above.
+SESSIONADMIN_MCP_CALL_TIMEOUT_SECONDS = env_float("SESSIONADMIN_MCP_CALL_TIMEOUT_SECONDS", 300.0)
 # Key for MCP header/env secrets at rest; derived from SECRET_KEY when not given.
 SESSIONADMIN_SECRETS_KEY = env_str("SESSIONADMIN_SECRETS_KEY", "")
 # Ended session rows older than this are purged; 0 keeps them forever.
@@ -219,6 +222,24 @@ SESSIONADMIN_AUDIT_RETENTION_DAYS = env_int("SESSIONADMIN_AUDIT_RETENTION_DAYS",
 # Workspace directories with no live session are removed once older than this.
 SESSIONADMIN_ORPHAN_GRACE_SECONDS = env_int("SESSIONADMIN_ORPHAN_GRACE_SECONDS", 3600)
 SESSIONADMIN_CLEANUP_BATCH_SIZE = env_int("SESSIONADMIN_CLEANUP_BATCH_SIZE", 500)
+
+# --- MCP gateway (sessionadmin/gateway/, ``python manage.py mcp_gateway``) ---------------------
+# Where the gateway listens, and the URL the agent runtime reaches it at (written into each
+# session's .mcp.json and the runtime API's mcp-config).
+SESSIONADMIN_GATEWAY_BIND = env_str("SESSIONADMIN_GATEWAY_BIND", "127.0.0.1:8001")
+SESSIONADMIN_GATEWAY_URL = env_str("SESSIONADMIN_GATEWAY_URL", "http://127.0.0.1:8001").rstrip("/")
+# Where web processes and workers reach the gateway's internal API (same host by default).
+SESSIONADMIN_GATEWAY_INTERNAL_URL = env_str(
+    "SESSIONADMIN_GATEWAY_INTERNAL_URL", "http://" + SESSIONADMIN_GATEWAY_BIND.replace("0.0.0.0:", "127.0.0.1:")
+).rstrip("/")
+# Shared secret of the internal API (web/workers -> gateway). Derived from the secret key when
+# not given, so every process of one deployment agrees without another setting.
+SESSIONADMIN_GATEWAY_SECRET = env_str("SESSIONADMIN_GATEWAY_SECRET", "")
+# Timeout of one internal call (a dashboard tool call returns at once; attach waits for the
+# handshake, bounded by SESSIONADMIN_MCP_TIMEOUT_SECONDS plus this).
+SESSIONADMIN_GATEWAY_TIMEOUT_SECONDS = env_float("SESSIONADMIN_GATEWAY_TIMEOUT_SECONDS", 5.0)
+# A tool result larger than this is cut (with a visible marker) before it reaches an agent or a page.
+SESSIONADMIN_MCP_MAX_RESULT_BYTES = env_int("SESSIONADMIN_MCP_MAX_RESULT_BYTES", 4 * 1024 * 1024)
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_DIR = VAR_DIR / "celery" / "broker"
