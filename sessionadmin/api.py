@@ -45,7 +45,6 @@ from sessionadmin.manager import (
     WorkspaceCreationError,
 )
 from sessionadmin.models import AgentSession, AgentSessionQuerySet, ApiToken
-from sessionadmin.secrets import SecretsError
 from sessionadmin.validation import id_problem, variables_problem
 
 logger = logging.getLogger(__name__)
@@ -56,6 +55,7 @@ MAX_PAGE_SIZE = 200
 # Sessions end by idle cleanup or an explicit DELETE; a client at a limit retries after this.
 RETRY_AFTER_SECONDS = 30
 BROKER_TIMEOUT_SECONDS = 1.0
+GATEWAY_TIMEOUT_SECONDS = 1.0
 
 View = Callable[..., HttpResponse]
 
@@ -504,6 +504,20 @@ def check_broker() -> dict[str, Any]:
     return {"ok": True}
 
 
+def check_gateway() -> dict[str, Any]:
+    """The MCP gateway's own health URL, within 1 s."""
+    from sessionadmin import gateway_client
+
+    try:
+        answer = gateway_client.health(timeout=GATEWAY_TIMEOUT_SECONDS)
+    except (gateway_client.GatewayUnavailable, gateway_client.GatewayError) as exc:
+        logger.warning("healthz: gateway check failed: %s", exc)
+        return {"ok": False, "error": "gateway unreachable"}
+    if answer.get("status") != "ok":
+        return {"ok": False, "error": f"gateway {answer.get('status', 'not ready')}"}
+    return {"ok": True, "clients": answer.get("clients", 0)}
+
+
 def check_liveness() -> dict[str, dict[str, Any]]:
     """Worker and beat heartbeat ages (``maintenance.liveness`` reads ServiceHeartbeat)."""
     from sessionadmin.maintenance import liveness
@@ -518,8 +532,9 @@ def check_liveness() -> dict[str, dict[str, Any]]:
 
 @api_endpoint("GET")
 def healthz(request: HttpRequest) -> HttpResponse:
-    """No auth: 200 when the database, the broker, a worker and beat are all alive, else 503."""
-    checks: dict[str, dict[str, Any]] = {"database": check_database(), "broker": check_broker()}
+    """No auth: 200 when the database, the broker, the MCP gateway, a worker and beat are all
+    alive, else 503."""
+    checks: dict[str, dict[str, Any]] = {"database": check_database(), "broker": check_broker(), "gateway": check_gateway()}
     unknown = {"ok": False, "age_seconds": None, "error": "unknown: the database is unreachable"}
     try:
         checks.update(check_liveness() if checks["database"]["ok"] else {"worker": unknown, "beat": unknown})

@@ -142,7 +142,9 @@ def save_server(
             ]
         )
         if not creating:
-            pks = list(McpClient.objects.filter(server=server).exclude(status=McpClient.Status.CLOSED).values_list("pk", flat=True))
+            pks = list(
+                McpClient.objects.filter(server=server).exclude(status=McpClient.Status.CLOSED).values_list("pk", flat=True)
+            )
             if pks:
                 transaction.on_commit(lambda: _tell_gateway(gateway_client.reload_clients, pks))
     return server
@@ -233,7 +235,11 @@ def mint_gateway_token(session: AgentSession, *, actor: str, purpose: str) -> st
     now = timezone.now()
     with transaction.atomic():
         GatewayToken.objects.create(
-            session=session, prefix=raw[:TOKEN_PREFIX_LENGTH], token_hash=hash_gateway_token(raw), created_at=now, created_by=actor
+            session=session,
+            prefix=raw[:TOKEN_PREFIX_LENGTH],
+            token_hash=hash_gateway_token(raw),
+            created_at=now,
+            created_by=actor,
         )
         audit.write(
             [
@@ -540,7 +546,10 @@ def approve_tool(session_id: uuid.UUID | str, client_id: str, tool: str, *, acto
         if held is None:
             raise InvalidInput(f"tool {audit.safe_repr(tool, 60)} is not quarantined")
         old = (client.pinned_tools or {}).get(tool, {}).get("sha256")
-        client.pinned_tools = {**(client.pinned_tools or {}), tool: {"sha256": held["new_sha256"], "definition": held["definition"]}}
+        client.pinned_tools = {
+            **(client.pinned_tools or {}),
+            tool: {"sha256": held["new_sha256"], "definition": held["definition"]},
+        }
         client.quarantined_tools = {k: v for k, v in (client.quarantined_tools or {}).items() if k != tool}
         client.save(update_fields=["pinned_tools", "quarantined_tools"])
         audit.write(
@@ -729,7 +738,9 @@ def record_attached(
         try:
             write_mcp_json(session, actor=actor)
         except OSError as exc:
-            raise McpOperationFailed(f"cannot write {MCP_JSON} in the workspace: {exc.strerror or exc}", kind="workspace") from exc
+            raise McpOperationFailed(
+                f"cannot write {MCP_JSON} in the workspace: {exc.strerror or exc}", kind="workspace"
+            ) from exc
         _touch(session.id, now)
     return client
 
@@ -929,6 +940,4 @@ def open_client_pks(client_pks: Sequence[int]) -> set[int]:
 
 def recent_tool_calls(session_id: uuid.UUID, *, limit: int = 20) -> list[AuditEntry]:
     """The session page's live feed: its latest ``mcp_tool_called`` entries, newest first."""
-    return list(
-        AuditEntry.objects.filter(session_id=session_id, event_type="mcp_tool_called").order_by("-at", "-id")[:limit]
-    )
+    return list(AuditEntry.objects.filter(session_id=session_id, event_type="mcp_tool_called").order_by("-at", "-id")[:limit])

@@ -303,14 +303,14 @@ def document() -> dict[str, Any]:
                 **session_by_id,
                 "get": {
                     "operationId": "getMcpConfig",
-                    "summary": "`mcpServers` of the session's attached clients; secrets only for tokens allowed to read them.",
+                    "summary": "`mcpServers` with one entry, `sessionadmin`: the session's MCP endpoint on the gateway and a bearer token minted for this request.",
                     "responses": {"200": ok("The config.", "McpConfig"), **COMMON_ERRORS, **NOT_FOUND},
                 },
             },
             "/healthz": {
                 "get": {
                     "operationId": "health",
-                    "summary": "Database, broker, worker and beat liveness. No authentication.",
+                    "summary": "Database, broker, MCP gateway, worker and beat liveness. No authentication.",
                     "security": [],
                     "responses": {"200": ok("All healthy.", "Health"), "503": ok("Something failed (see `checks`).", "Health")},
                 },

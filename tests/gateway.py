@@ -45,7 +45,7 @@ class RunningGateway:
             PYTHONUNBUFFERED="1",
             **(extra_env or {}),
         )
-        self.log = open(self.tmp / "gateway.log", "w+")  # noqa: SIM115 - closed in stop()
+        self.log = open(self.tmp / "gateway.log", "w+")
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "manage.py"), "mcp_gateway"],
             cwd=REPO,
@@ -127,7 +127,7 @@ class GatewayMixin:
         super().tearDown()  # type: ignore[misc]
 
 
-def tearDownModule() -> None:  # noqa: N802 - unittest's name; import it into each test module
+def tearDownModule() -> None:
     """Stop the gateways of the module(s) done so far (one per module)."""
     for module in list(_GATEWAYS):
         _GATEWAYS.pop(module).stop()
@@ -155,11 +155,22 @@ def run_async(fn: Callable[[], Awaitable[T]], *, timeout: float = 60) -> T:
     return box["value"]  # type: ignore[no-any-return]
 
 
-def agent_client(endpoint: str, token: str, *, mode: str = "auto", message_handler: Any = None) -> Any:
-    """The SDK's own client for a session endpoint, with the session's bearer token."""
+def agent_client(
+    endpoint: str, token: str, *, mode: str = "auto", message_handler: Any = None, statuses: list[int] | None = None
+) -> Any:
+    """The SDK's own client for a session endpoint, with the session's bearer token. The HTTP
+    statuses the endpoint answers are appended to ``statuses`` (the SDK hides them in errors)."""
     import httpx2
     from mcp import Client
     from mcp.client.streamable_http import streamable_http_client
 
-    http = httpx2.AsyncClient(headers={"Authorization": f"Bearer {token}"}, timeout=httpx2.Timeout(30, read=60))
+    async def record(response: Any) -> None:
+        if statuses is not None:
+            statuses.append(response.status_code)
+
+    http = httpx2.AsyncClient(
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx2.Timeout(30, read=60),
+        event_hooks={"response": [record]},
+    )
     return Client(streamable_http_client(endpoint, http_client=http), mode=mode, cache=None, message_handler=message_handler)

@@ -325,7 +325,9 @@ class Gateway:
     async def reload(self, client_pks: list[int]) -> dict[str, Any]:
         """Rows changed in the database (detached, tools approved, catalog entry edited or
         deleted): bring the live connections in line."""
-        rows = {row["pk"]: row for row in await self.db.run(mcp_services.load_clients, gateway_url=self.url, client_pks=client_pks)}
+        rows = {
+            row["pk"]: row for row in await self.db.run(mcp_services.load_clients, gateway_url=self.url, client_pks=client_pks)
+        }
         touched: set[uuid.UUID] = set()
         for pk in client_pks:
             upstream, row = self.upstreams.get(pk), rows.get(pk)
@@ -396,9 +398,7 @@ class Gateway:
 
     # --- tool calls -----------------------------------------------------------------------------
 
-    async def call(
-        self, state: SessionState, upstream: Upstream, tool: str, arguments: dict[str, Any], *, actor: str
-    ) -> Any:
+    async def call(self, state: SessionState, upstream: Upstream, tool: str, arguments: dict[str, Any], *, actor: str) -> Any:
         """Call a tool on a live connection for the agent or an operator: refused when the tool
         is quarantined, held as session activity with a lease while it runs, cancelled if the
         session is killed, audited (``mcp_tool_called``), and its result redacted and capped.
@@ -471,9 +471,7 @@ class Gateway:
             state._lease_pending = event = anyio.Event()
             try:
                 until = time.time() + LEASE_SECONDS
-                active = await self.db.run(
-                    mcp_services.hold_sessions, [state.id], until=datetime.fromtimestamp(until, UTC)
-                )
+                active = await self.db.run(mcp_services.hold_sessions, [state.id], until=datetime.fromtimestamp(until, UTC))
                 if state.id not in active:
                     self.close_sessions([state.id])
                     raise SessionEnded(f"session {state.id} has ended")
@@ -588,9 +586,7 @@ class Gateway:
                         counts["reconnecting"] += 1
                     if upstream.info.pk is not None and not upstream.closed:
                         status = RECONNECTING if upstream.state in (CONNECTED, RECONNECTING) else upstream.state
-                        if await self.db.run(
-                            mcp_services.record_status, upstream.info.pk, status, error=str(exc), actor=actor
-                        ):
+                        if await self.db.run(mcp_services.record_status, upstream.info.pk, status, error=str(exc), actor=actor):
                             counts["changed"] += 1
                     return
                 counts["ok"] += 1

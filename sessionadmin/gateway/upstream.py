@@ -202,9 +202,7 @@ class Upstream:
                 await self._connected_session(reconnecting)
                 backoff = BACKOFF_FIRST
             except Exception as exc:  # the SDK raises from deep inside task groups
-                error = mcp_client.map_error(
-                    exc, self.info.target, self.timeout, self._probe, self.process.stderr_tail()
-                )
+                error = mcp_client.map_error(exc, self.info.target, self.timeout, self._probe, self.process.stderr_tail())
                 self.last_error = str(error)
                 if self.first_error is None and not self.first_result.is_set():
                     self.first_error = error
@@ -229,7 +227,9 @@ class Upstream:
         self._dropped = anyio.Event()
         self.process = ProcessHandle()
         transport = mcp_client.open_transport(self.info.target, timeout=self.timeout, probe=self._probe, process=self.process)
-        client = Client(_observed(transport, self._dropped), read_timeout_seconds=None, cache=None, message_handler=self._on_message)
+        client = Client(
+            _observed(transport, self._dropped), read_timeout_seconds=None, cache=None, message_handler=self._on_message
+        )
         with anyio.CancelScope(deadline=anyio.current_time() + self.timeout) as scope:
             self._scope = scope
             if self._stop.is_set():

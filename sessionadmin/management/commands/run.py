@@ -1,6 +1,6 @@
-"""Run the whole system in the foreground: web server (gunicorn), one Celery worker and Celery
-beat. Ctrl-C (or SIGTERM) stops all three; if one of them dies, the others are stopped too and
-the command exits non-zero, so a supervisor notices."""
+"""Run the whole system in the foreground: web server (gunicorn), the MCP gateway, one Celery
+worker and Celery beat. Ctrl-C (or SIGTERM) stops them all; if one of them dies, the others are
+stopped too and the command exits non-zero, so a supervisor notices."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ STOP_GRACE_SECONDS = 15
 
 
 class Command(BaseCommand):
-    help = "Start web, Celery worker and Celery beat together; Ctrl-C stops them all."
+    help = "Start web, the MCP gateway, Celery worker and Celery beat together; Ctrl-C stops them all."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--bind", default=os.environ.get("SESSIONADMIN_BIND", "127.0.0.1:8000"))
@@ -42,6 +42,7 @@ class Command(BaseCommand):
                 "--graceful-timeout",
                 "10",
             ],
+            "gateway": [python, os.path.join(settings.BASE_DIR, "manage.py"), "mcp_gateway"],
             "worker": [
                 python,
                 "-m",
@@ -77,7 +78,12 @@ class Command(BaseCommand):
             # children in order (a worker finishing its task gets its grace period).
             procs[name] = subprocess.Popen(cmd, start_new_session=True)
             self.stdout.write(f"started {name} (pid {procs[name].pid}): {' '.join(cmd)}")
-        self.stdout.write(self.style.SUCCESS(f"sessionadmin is up at http://{bind}/ (Ctrl-C stops web, worker and beat)"))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"sessionadmin is up at http://{bind}/, the MCP gateway at {settings.SESSIONADMIN_GATEWAY_URL} "
+                "(Ctrl-C stops them all)"
+            )
+        )
         exit_code = 0
         while not stopping:
             for name, proc in procs.items():
@@ -92,7 +98,7 @@ class Command(BaseCommand):
             raise SystemExit(exit_code)
 
     def _stop_all(self, procs: dict[str, subprocess.Popen[bytes]]) -> None:
-        self.stdout.write("stopping web, worker and beat (Ctrl-C again to force)...")
+        self.stdout.write("stopping web, gateway, worker and beat (Ctrl-C again to force)...")
         for proc in procs.values():
             if proc.poll() is None:
                 # The leader only: gunicorn and the Celery worker stop their own children (a
