@@ -121,9 +121,11 @@ def close_sessions(session_ids: Iterable[uuid.UUID]) -> dict[str, Any]:
     return _request("POST", "/internal/sessions/close", {"sessions": [str(s) for s in session_ids]})
 
 
-def start_call(client_pk: int, *, tool: str, arguments: dict[str, Any], actor: str) -> str:
-    """Start a tool call from the dashboard; returns its id at once (the call runs in the gateway)."""
-    data = _request("POST", f"/internal/clients/{client_pk}/calls", {"tool": tool, "arguments": arguments, "actor": actor})
+def start_call(client_pk: int, *, tool: str, arguments: dict[str, Any], actor: str, timeout: float | None = None) -> str:
+    """Start a tool call from the dashboard; returns its id at once (the call runs in the gateway,
+    for at most ``timeout`` seconds, or the call timeout)."""
+    body = {"tool": tool, "arguments": arguments, "actor": actor, "timeout": timeout}
+    data = _request("POST", f"/internal/clients/{client_pk}/calls", body)
     return str(data["call"])
 
 

@@ -237,18 +237,28 @@ class ProcessHandle:
             pass
 
 
-def open_transport(target: Target, *, timeout: float, probe: _Probe | None = None, process: ProcessHandle | None = None) -> Any:
+def open_transport(
+    target: Target,
+    *,
+    timeout: float,
+    read_timeout: float | None = None,
+    probe: _Probe | None = None,
+    process: ProcessHandle | None = None,
+) -> Any:
     """The async context manager that connects to ``target`` and yields the SDK's
     ``(read_stream, write_stream)``: a stdio process of ours (see ``stdio_transport``), or the
     SDK's streamable-HTTP / SSE client with our HTTP client (shared TLS context, status probe,
     no redirects followed). The one place a Target becomes a connection: live gateway
-    connections and one-shot operations both come through here."""
+    connections and one-shot operations both come through here. ``timeout`` bounds connecting
+    and plain requests; ``read_timeout`` (default: the same) how long a response or an SSE
+    stream may stay silent: a live connection sets it to the longest tool call it allows."""
     import httpx2
 
     probe = probe or _Probe()
     if target.transport == "stdio":
         return stdio_transport(target, process or ProcessHandle())
-    http_timeout = httpx2.Timeout(timeout, read=timeout)
+    read_timeout = read_timeout or timeout
+    http_timeout = httpx2.Timeout(timeout, read=read_timeout)
     if target.transport == "streamable_http":
         from mcp.client.streamable_http import streamable_http_client
 
@@ -260,7 +270,11 @@ def open_transport(target: Target, *, timeout: float, probe: _Probe | None = Non
             return _http_client(probe, headers, timeout)
 
         return sse_client(
-            target.url, headers=target.headers or None, timeout=timeout, sse_read_timeout=None, httpx_client_factory=factory
+            target.url,
+            headers=target.headers or None,
+            timeout=timeout,
+            sse_read_timeout=read_timeout,
+            httpx_client_factory=factory,
         )
     raise McpError(PROTOCOL, f"unknown transport {target.transport!r}")
 

@@ -476,7 +476,9 @@ def refresh_client(session_id: uuid.UUID | str, client_id: str, *, actor: str, t
     return client
 
 
-def start_tool_call(session_id: uuid.UUID | str, client_id: str, tool: str, arguments: dict[str, Any], *, actor: str) -> str:
+def start_tool_call(
+    session_id: uuid.UUID | str, client_id: str, tool: str, arguments: dict[str, Any], *, actor: str, timeout: float | None = None
+) -> str:
     """Start a tool call on the client's live connection and return its id at once: the call
     runs in the gateway (a slow tool holds no web worker), ``tool_call_status`` reads it."""
     if not isinstance(arguments, dict):
@@ -484,7 +486,7 @@ def start_tool_call(session_id: uuid.UUID | str, client_id: str, tool: str, argu
     session = _active_session(session_id)
     client = _open_client(session.id, client_id)
     try:
-        return gateway_client.start_call(client.pk, tool=str(tool), arguments=arguments, actor=actor)
+        return gateway_client.start_call(client.pk, tool=str(tool), arguments=arguments, actor=actor, timeout=timeout)
     except GatewayError as exc:
         raise _gateway_failed(exc) from None
     except GatewayUnavailable as exc:
@@ -511,7 +513,7 @@ def call_tool(
     """Call a tool and wait for its result (scripts, the seed's API, tests; the dashboard uses
     ``start_tool_call`` and polls). A tool that fails server-side is a result with
     ``is_error``; a failed call raises McpOperationFailed."""
-    call_id = start_tool_call(session_id, client_id, tool, arguments, actor=actor)
+    call_id = start_tool_call(session_id, client_id, tool, arguments, actor=actor, timeout=timeout)
     deadline = time.monotonic() + (timeout or call_timeout()) + float(settings.SESSIONADMIN_GATEWAY_TIMEOUT_SECONDS)
     while True:
         status = tool_call_status(session_id, call_id, actor=actor)

@@ -175,7 +175,7 @@ class McpClientStdioTests(SimpleTestCase):
     def test_it_reaps_a_hanging_stdio_server_on_timeout(self) -> None:
         pidfile = Path(self.cwd) / "pid"
         with self.assertRaises(McpError) as ctx:
-            mcp_client.call_tool(stdio_target(), "sleep", {"seconds": 60, "pidfile": str(pidfile)}, timeout=3)
+            mcp_client.call_tool(stdio_target(), "sleep", {"seconds": 60, "pidfile": str(pidfile)}, timeout=10)
         self.assertEqual(ctx.exception.kind, mcp_client.TIMEOUT)
         self.assertTrue(process_gone(int(pidfile.read_text())))
 

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+from starlette.types import Message, Receive, Scope, Send
 
 from sessionadmin.gateway.core import Gateway, GatewayProblem, SessionState
 from sessionadmin.gateway.endpoint import STATE_KEY, build_server
@@ -36,10 +37,6 @@ current_state: contextvars.ContextVar[SessionState | None] = contextvars.Context
 MAX_INTERNAL_BODY = 1024 * 1024
 _SESSION_PATH = re.compile(r"^/sessions/([0-9a-fA-F-]{32,36})/mcp/?$")
 _Handler = Callable[[re.Match[str], dict[str, Any]], Awaitable[dict[str, Any]]]
-
-Scope = dict[str, Any]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 async def _json(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None) -> None:
@@ -135,7 +132,7 @@ class GatewayApp:
         exchange = anyio.CancelScope()
         progress = {"started": False, "done": False}
 
-        async def tracked(message: dict[str, Any]) -> None:
+        async def tracked(message: Message) -> None:
             if message["type"] == "http.response.start":
                 progress["started"] = True
             elif message["type"] == "http.response.body" and not message.get("more_body"):

@@ -100,6 +100,7 @@ class DashboardCall:
     kind: str = ""
     client_id: str = ""
     tool: str = ""
+    timeout: float | None = None
 
 
 class Gateway:
@@ -160,6 +161,8 @@ class Gateway:
         upstream = Upstream(
             info,
             timeout=timeout or self.timeout,
+            # Silence on a response or an SSE stream is fine up to the longest call allowed.
+            read_timeout=max(self.call_timeout, 300.0),
             on_listing=self._on_listing,
             on_status=self._on_status,
             pending=pending,
@@ -398,7 +401,16 @@ class Gateway:
 
     # --- tool calls -----------------------------------------------------------------------------
 
-    async def call(self, state: SessionState, upstream: Upstream, tool: str, arguments: dict[str, Any], *, actor: str) -> Any:
+    async def call(
+        self,
+        state: SessionState,
+        upstream: Upstream,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        actor: str,
+        timeout: float | None = None,
+    ) -> Any:
         """Call a tool on a live connection for the agent or an operator: refused when the tool
         is quarantined, held as session activity with a lease while it runs, cancelled if the
         session is killed, audited (``mcp_tool_called``), and its result redacted and capped.
@@ -416,7 +428,8 @@ class Gateway:
             state.calls_in_flight.add(scope)
             try:
                 with scope:
-                    result = await upstream.call_tool(tool, arguments, timeout=self.call_timeout)
+                    limit = min(timeout or self.call_timeout, self.call_timeout)
+                    result = await upstream.call_tool(tool, arguments, timeout=limit)
             finally:
                 state.calls_in_flight.discard(scope)
             if scope.cancelled_caught or state.ended:
@@ -500,6 +513,7 @@ class Gateway:
             actor=str(body.get("actor", "")),
             client_id=upstream.info.client_id,
             tool=str(body.get("tool", "")),
+            timeout=float(body["timeout"]) if body.get("timeout") else None,
         )
         self._prune_calls()
         self.calls[record.id] = record
@@ -512,7 +526,7 @@ class Gateway:
     ) -> None:
         started = time.perf_counter()
         try:
-            result = await self.call(state, upstream, record.tool, arguments, actor=record.actor)
+            result = await self.call(state, upstream, record.tool, arguments, actor=record.actor, timeout=record.timeout)
         except McpError as exc:
             record.status, record.kind, record.error = "failed", exc.kind, str(exc)
         except (Unavailable, ToolRefused, SessionEnded) as exc:
@@ -561,7 +575,8 @@ class Gateway:
         try:
             snapshot = await upstream.refresh()
         except (McpError, Unavailable) as exc:
-            error = str(exc)
+            # Already reconnecting: what stops the reconnect is the news, not "reconnecting".
+            error = upstream.last_error if isinstance(exc, Unavailable) and upstream.last_error else str(exc)
             status = RECONNECTING if upstream.state == RECONNECTING or isinstance(exc, McpError) else upstream.state
             await self.db.run(mcp_services.record_status, client_pk, status, error=error, actor=actor)
             return {"status": status, "error": error}
@@ -570,7 +585,10 @@ class Gateway:
         return {"status": CONNECTED, "tools": len(snapshot.tools)}
 
     async def ping_all(self, actor: str) -> dict[str, Any]:
-        """The health pass: one round trip on every live connection (no new connection)."""
+        """The health pass: first the connections are reconciled with the database (clients
+        closed or sessions ended meanwhile are closed), then one round trip on every live
+        connection (no new connection, no new process)."""
+        await self.reconcile()
         upstreams = list(self.upstreams.values())
         counts = {"checked": len(upstreams), "ok": 0, "failed": 0, "changed": 0, "reconnecting": 0}
         ok: list[int] = []

@@ -118,12 +118,14 @@ class Upstream:
         info: ClientInfo,
         *,
         timeout: float,
+        read_timeout: float,
         on_listing: ListingHook,
         on_status: StatusHook,
         pending: bool = False,
     ) -> None:
         self.info = info
         self.timeout = timeout
+        self.read_timeout = read_timeout
         self.on_listing = on_listing
         self.on_status = on_status
         # A pending upstream belongs to an attach in progress: it connects once, reports, and
@@ -226,7 +228,9 @@ class Upstream:
         assert self.info.target is not None
         self._dropped = anyio.Event()
         self.process = ProcessHandle()
-        transport = mcp_client.open_transport(self.info.target, timeout=self.timeout, probe=self._probe, process=self.process)
+        transport = mcp_client.open_transport(
+            self.info.target, timeout=self.timeout, read_timeout=self.read_timeout, probe=self._probe, process=self.process
+        )
         client = Client(
             _observed(transport, self._dropped), read_timeout_seconds=None, cache=None, message_handler=self._on_message
         )
