@@ -63,7 +63,8 @@ class InactivityCleanupTestCase(MaintenanceTestCase):
         with time_machine.travel(NOW, tick=False), self.captureOnCommitCallbacks() as callbacks:
             run = maintenance.run_inactivity_cleanup(idle_timeout_seconds=3600, batch_size=2)
 
-        self.assertEqual(len(callbacks), 3)
+        # Per batch: the MCP gateway cuts the sessions off, and one removal task is enqueued.
+        self.assertEqual(len(callbacks), 6)
         run.refresh_from_db()
         self.assertEqual(run.outcome, "running")
         self.assertEqual(run.report["batches_total"], 3)
