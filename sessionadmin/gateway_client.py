@@ -103,12 +103,20 @@ def attach(
 ) -> dict[str, Any]:
     """Open a live connection for a new client; the gateway records the client (or the
     failure) itself. Returns ``{"client": pk}``. Ids only: the gateway reads the catalog."""
-    body = {"client_id": client_id, "server_id": server_id, "url": url, "transport": transport, "actor": actor}
+    body = {
+        "client_id": client_id,
+        "server_id": server_id,
+        "url": url,
+        "transport": transport,
+        "actor": actor,
+        "timeout": timeout,
+    }
     return _request("POST", f"/internal/sessions/{session_id}/clients", body, timeout=timeout + _slack())
 
 
 def refresh(client_pk: int, *, actor: str, timeout: float) -> dict[str, Any]:
-    return _request("POST", f"/internal/clients/{client_pk}/refresh", {"actor": actor}, timeout=timeout + _slack())
+    body = {"actor": actor, "timeout": timeout}
+    return _request("POST", f"/internal/clients/{client_pk}/refresh", body, timeout=timeout + _slack())
 
 
 def reload_clients(client_pks: Iterable[int]) -> dict[str, Any]:

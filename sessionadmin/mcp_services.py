@@ -378,7 +378,7 @@ def add_client(
     pins its tools and writes ``.mcp.json`` (``record_attached``); a failure is audited
     (``mcp_client_add_failed``), leaves no client and raises McpOperationFailed."""
     session = _active_session(session_id)
-    catalog = _resolve_server(server) if server not in (None, "") else None
+    catalog = _resolve_server(server) if server is not None and server != "" else None
     if catalog is None:
         url = _check_adhoc_url(url, transport)
         default_id = slugify((urlsplit(url).hostname or "server").replace(".", "-"))

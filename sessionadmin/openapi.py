@@ -303,7 +303,10 @@ def document() -> dict[str, Any]:
                 **session_by_id,
                 "get": {
                     "operationId": "getMcpConfig",
-                    "summary": "`mcpServers` with one entry, `sessionadmin`: the session's MCP endpoint on the gateway and a bearer token minted for this request.",
+                    "summary": (
+                        "`mcpServers` with one entry, `sessionadmin`: the session's MCP endpoint on the gateway "
+                        "and a bearer token minted for this request."
+                    ),
                     "responses": {"200": ok("The config.", "McpConfig"), **COMMON_ERRORS, **NOT_FOUND},
                 },
             },

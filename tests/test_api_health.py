@@ -6,7 +6,6 @@ from unittest import mock
 import time_machine
 from django.db import OperationalError
 from django.test import Client
-
 from django.test.utils import override_settings
 
 from sessionadmin.models import ServiceHeartbeat

@@ -218,7 +218,7 @@ class EndpointTests(GatewayTestCase):
 
 class TokenTests(GatewayTestCase):
     def connect(self, url: str, token: str) -> str:
-        """"connected", or the HTTP status that refused the agent."""
+        """ "connected", or the HTTP status that refused the agent."""
 
         async def agent() -> str:
             statuses: list[int] = []
@@ -328,7 +328,9 @@ class ReconnectTests(GatewayTestCase):
         pid = mcp_services.call_tool(self.session.id, "tools-stdio", "whoami", {}, actor="alice").structured["pid"]
         counts = mcp_services.health_pass()
         self.assertEqual({k: counts[k] for k in ("checked", "ok", "failed")}, {"checked": 2, "ok": 2, "failed": 0})
-        self.assertEqual(mcp_services.call_tool(self.session.id, "tools-stdio", "whoami", {}, actor="alice").structured["pid"], pid)
+        self.assertEqual(
+            mcp_services.call_tool(self.session.id, "tools-stdio", "whoami", {}, actor="alice").structured["pid"], pid
+        )
 
 
 class InactivityTests(GatewayTestCase):

@@ -95,7 +95,9 @@ class AttachTests(McpServicesTestCase):
         self.assertEqual(client.prompts[0]["name"], "greet")
         self.assertIsNotNone(client.last_verified_at)
         self.assertEqual(set(client.pinned_tools), {t["name"] for t in client.tools})
-        self.assertEqual(client.pinned_tools["add"]["sha256"], mcp_client.definition_sha256(client.pinned_tools["add"]["definition"]))
+        self.assertEqual(
+            client.pinned_tools["add"]["sha256"], mcp_client.definition_sha256(client.pinned_tools["add"]["definition"])
+        )
         [added] = self.events("mcp_client_added")
         self.assertEqual(added.actor, "alice")
         self.assertEqual(added.details["client_id"], "tools-http")

@@ -49,8 +49,7 @@ class McpViewsTestCase(GatewayMixin, BaseTransactionTestCase):
 
     def calls(self, count: int) -> list[AuditEntry]:
         return wait_for(
-            lambda: len(found := list(AuditEntry.objects.filter(event_type="mcp_tool_called").order_by("id"))) >= count
-            and found,
+            lambda: len(found := list(AuditEntry.objects.filter(event_type="mcp_tool_called").order_by("id"))) >= count and found,
             what="the audit entries",
         )
 

@@ -195,7 +195,7 @@ class GatewayApp:
         return await self.gateway.reload([int(pk) for pk in body.get("clients", [])])
 
     async def _refresh(self, match: re.Match[str], body: dict[str, Any]) -> dict[str, Any]:
-        return await self.gateway.refresh(int(match.group(1)), str(body.get("actor", "")))
+        return await self.gateway.refresh(int(match.group(1)), body)
 
     async def _start_call(self, match: re.Match[str], body: dict[str, Any]) -> dict[str, Any]:
         return self.gateway.start_call(int(match.group(1)), body)

@@ -568,12 +568,13 @@ class Gateway:
 
     # --- refresh and health -----------------------------------------------------------------
 
-    async def refresh(self, client_pk: int, actor: str) -> dict[str, Any]:
+    async def refresh(self, client_pk: int, body: dict[str, Any]) -> dict[str, Any]:
+        actor = str(body.get("actor", ""))
         upstream = self.upstreams.get(client_pk)
         if upstream is None:
             raise GatewayProblem(404, "not found", f"MCP client {client_pk} is not open on this gateway")
         try:
-            snapshot = await upstream.refresh()
+            snapshot = await upstream.refresh(timeout=float(body.get("timeout") or self.timeout))
         except (McpError, Unavailable) as exc:
             # Already reconnecting: what stops the reconnect is the news, not "reconnecting".
             error = upstream.last_error if isinstance(exc, Unavailable) and upstream.last_error else str(exc)

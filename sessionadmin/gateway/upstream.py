@@ -346,15 +346,15 @@ class Upstream:
         except Exception as exc:
             raise self._failed(exc, self.timeout) from None
 
-    async def refresh(self) -> Snapshot:
+    async def refresh(self, *, timeout: float) -> Snapshot:
+        """List again on the live connection (the caller records the listing)."""
         client = self._live()
         try:
-            with anyio.fail_after(self.timeout):
+            with anyio.fail_after(timeout):
                 snapshot = await mcp_client.snapshot_of(client)
         except Exception as exc:
-            raise self._failed(exc, self.timeout) from None
+            raise self._failed(exc, timeout) from None
         self.snapshot = snapshot
-        await self.on_listing(self, snapshot, False)
         return snapshot
 
     async def ping(self) -> float:
