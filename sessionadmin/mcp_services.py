@@ -469,6 +469,8 @@ def refresh_client(session_id: uuid.UUID | str, client_id: str, *, actor: str, t
     try:
         gateway_client.refresh(client.pk, actor=actor, timeout=timeout or timeout_default())
     except GatewayError as exc:
+        if exc.kind == "not found":
+            raise McpOperationFailed(f"the gateway has no live connection for {client.client_id}: {exc}", kind="unavailable")
         raise _gateway_failed(exc) from None
     except GatewayUnavailable as exc:
         raise McpOperationFailed(str(exc), kind=exc.kind) from None
@@ -488,6 +490,8 @@ def start_tool_call(
     try:
         return gateway_client.start_call(client.pk, tool=str(tool), arguments=arguments, actor=actor, timeout=timeout)
     except GatewayError as exc:
+        if exc.kind == "not found":  # the row is open but its connection is not (yet) on the gateway
+            raise McpOperationFailed(f"the gateway has no live connection for {client.client_id}: {exc}", kind="unavailable")
         raise _gateway_failed(exc) from None
     except GatewayUnavailable as exc:
         raise McpOperationFailed(str(exc), kind=exc.kind) from None

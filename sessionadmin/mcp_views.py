@@ -221,7 +221,10 @@ def session_mcp_call(request: HttpRequest, session_id: uuid.UUID, client_id: str
     try:
         status = mcp_services.tool_call_status(session.id, call_id, actor=actor_of(request))
     except MCPClientNotFound:
-        raise Http404("No such call (it may have expired).")
+        if not _is_htmx(request):
+            raise Http404("No such call (it may have expired).")
+        # A page still polling a call the gateway no longer knows (expired, gateway restarted).
+        status = {"status": "failed", "error": "this call is no longer known to the gateway (expired or restarted)"}
     except McpOperationFailed as exc:
         context["error"] = str(exc)
         status = {"status": "failed", "error": str(exc)}

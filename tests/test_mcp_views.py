@@ -202,7 +202,9 @@ class ToolCallViewTests(McpViewsTestCase):
         assert poll is not None
         # Only the operator who started the call may read it.
         self.login("root")
-        self.assertEqual(self.client.get(poll.group(1), headers={"HX-Request": "true"}).status_code, 404)
+        self.assertEqual(self.client.get(poll.group(1)).status_code, 404)
+        stopped = self.client.get(poll.group(1), headers={"HX-Request": "true"})
+        self.assertContains(stopped, "no longer known to the gateway", status_code=286)  # the page stops polling
 
     def test_it_waits_for_the_result_without_htmx(self) -> None:
         self.attach()
