@@ -148,5 +148,10 @@ def ping_all(*, actor: str, timeout: float) -> dict[str, Any]:
     return _request("POST", "/internal/health", {"actor": actor}, timeout=timeout + _slack())
 
 
+def drain(*, timeout: float = 5.0) -> dict[str, Any]:
+    """Wait until no tool call is in flight and every audit entry is written."""
+    return _request("POST", "/internal/drain", {"timeout": timeout}, timeout=timeout + _slack())
+
+
 def _slack() -> float:
     return float(settings.SESSIONADMIN_GATEWAY_TIMEOUT_SECONDS)

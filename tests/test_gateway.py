@@ -21,7 +21,7 @@ from sessionadmin.manager import SessionManager
 from sessionadmin.models import AgentSession, AuditEntry, McpClient, McpServer
 from tests.base import BaseTransactionTestCase
 from tests.celery_worker import wait_for
-from tests.gateway import GatewayMixin, agent_client, run_async
+from tests.gateway import GatewayMixin, RunningGateway, agent_client, run_async
 from tests.gateway import tearDownModule as stop_gateways
 from tests.mcp_servers import RunningServer, process_gone, stdio_command
 
@@ -38,6 +38,13 @@ def tearDownModule() -> None:
     stop_gateways()
     for server in SERVERS.values():
         server.stop()
+
+
+def second_ready(gateway: RunningGateway) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{gateway.url}/healthz", timeout=5) as response:
+        return bool(json.loads(response.read())["clients"] == 1)
 
 
 async def in_thread(fn: Callable[[], T]) -> T:
@@ -200,6 +207,26 @@ class EndpointTests(GatewayTestCase):
         self.assertEqual((bad.details["tool"], bad.details["outcome"]), ("add", "error"))
         self.assertNotIn("very-private-argument-7788", json.dumps([e.details for e in AuditEntry.objects.all()]))
 
+    def test_results_reach_the_agent_redacted(self) -> None:
+        command, args = stdio_command()
+        secret = "sk-live-9f8e7d6c5b4a"
+        entry = mcp_services.save_server(
+            McpServer(name="with-env", transport="stdio", command=command, args=args),
+            actor="alice",
+            env={"API_KEY": f"key={secret}"},
+        )
+        mcp_services.add_client(self.session.id, server=entry, actor="alice")
+        url, token = self.endpoint()
+
+        async def agent() -> list[str]:
+            async with agent_client(url, token) as client:
+                whole = await client.call_tool("with-env__getenv", {"name": "API_KEY"})
+                return [whole.content[0].text, json.dumps(whole.structured_content)]
+
+        text, structured = run_async(agent)
+        self.assertEqual(text, "[redacted]")
+        self.assertNotIn(secret, structured)
+
     def test_a_tool_call_is_session_activity(self) -> None:
         mcp_services.add_client(self.session.id, server=self.http, actor="alice")
         url, token = self.endpoint()
@@ -321,6 +348,21 @@ class ReconnectTests(GatewayTestCase):
         changes = [(e.details["from"], e.details["to"]) for e in self.events("mcp_client_status_changed")]
         self.assertEqual(changes, [("connected", "reconnecting"), ("reconnecting", "connected")])
         self.assertIn("closed the connection", self.events("mcp_client_status_changed")[0].details["error"])
+
+    def test_a_gateway_that_starts_reconnects_the_open_clients_it_serves(self) -> None:
+        mcp_services.add_client(self.session.id, server=self.http, actor="alice")
+        _, token = self.endpoint()
+        # Rows from before sessions recorded their gateway are served by the local one.
+        AgentSession.objects.filter(pk=self.session.pk).update(gateway="")
+        second = RunningGateway()
+        self.addCleanup(second.stop)
+
+        async def agent() -> Any:
+            async with agent_client(f"{second.url}/sessions/{self.session.id}/mcp", token) as client:
+                return (await client.call_tool("tools-http__add", {"a": 2, "b": 3})).structured_content
+
+        self.assertEqual(wait_for(lambda: second_ready(second), what="the second gateway's connection"), True)
+        self.assertEqual(run_async(agent), {"result": 5})
 
     def test_the_health_pass_pings_live_connections_without_new_processes(self) -> None:
         mcp_services.add_client(self.session.id, server=self.stdio, actor="alice")

@@ -79,6 +79,7 @@ class GatewayApp:
             ("POST", re.compile(r"^/internal/clients/(\d+)/calls$"), self._start_call),
             ("POST", re.compile(r"^/internal/calls/([A-Za-z0-9_-]{1,64})$"), self._get_call),
             ("POST", re.compile(r"^/internal/health$"), self._health),
+            ("POST", re.compile(r"^/internal/drain$"), self._drain),
         ]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -205,6 +206,9 @@ class GatewayApp:
 
     async def _health(self, match: re.Match[str], body: dict[str, Any]) -> dict[str, Any]:
         return await self.gateway.ping_all(str(body.get("actor", "")))
+
+    async def _drain(self, match: re.Match[str], body: dict[str, Any]) -> dict[str, Any]:
+        return await self.gateway.drain(min(float(body.get("timeout") or 5), 30))
 
 
 def _principal(state: SessionState) -> Any:

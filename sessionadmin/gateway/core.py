@@ -118,6 +118,7 @@ class Gateway:
         self._audit: list[Any] = []
         self._audit_wakeup = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
+        self.calls_in_flight = 0
         self.started_at = time.time()
         self.ready = anyio.Event()
 
@@ -418,6 +419,7 @@ class Gateway:
         or ToolRefused."""
         started = time.perf_counter()
         outcome, error, kind = "failed", "", ""
+        self.calls_in_flight += 1
         try:
             refusal = self.refusal(upstream, tool)
             if refusal:
@@ -445,6 +447,7 @@ class Gateway:
             error, kind = str(exc), "unavailable"
             raise
         finally:
+            self.calls_in_flight -= 1
             self.audit(
                 mcp_services.tool_call_entry(
                     session_id=state.id,
@@ -618,6 +621,15 @@ class Gateway:
         await self.db.run(mcp_services.record_verified, ok)
         counts["reconnects"] = sum(u.reconnects for u in upstreams)
         return counts
+
+    async def drain(self, timeout: float) -> dict[str, Any]:
+        """Wait (at most ``timeout``) until no tool call is in flight, then write every pending
+        audit entry: after it, the database holds the record of every call made so far."""
+        with anyio.move_on_after(timeout):
+            while self.calls_in_flight:
+                await anyio.sleep(0.02)
+        await self._flush_audit()
+        return {"calls_in_flight": self.calls_in_flight}
 
     # --- background ---------------------------------------------------------------------------
 
