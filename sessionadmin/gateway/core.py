@@ -44,7 +44,6 @@ HEALTH_CONCURRENCY = 10
 # After a kill, in-flight calls get their error before the session's open HTTP exchanges
 # (listen and GET streams) are cut.
 EXCHANGE_CUT_DELAY = 0.2
-# A connection that stayed up this long resets the reconnect backoff.
 
 
 class GatewayProblem(Exception):

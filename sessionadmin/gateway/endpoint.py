@@ -13,6 +13,7 @@ What a session's endpoint shows is the union of its attached clients:
 from __future__ import annotations
 
 import uuid
+import weakref
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
@@ -59,7 +60,7 @@ def build_server(gateway: Gateway) -> Server[Any]:
     from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST
     from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-    exposed: dict[int, _Exposed] = {}
+    exposed: weakref.WeakKeyDictionary[Upstream, _Exposed] = weakref.WeakKeyDictionary()
 
     class EndpointServer(Server[Any]):
         def create_initialization_options(self, notification_options: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -82,7 +83,7 @@ def build_server(gateway: Gateway) -> Server[Any]:
     def tools_of(upstream: Upstream) -> list[Any]:
         snapshot, pinned, quarantined = upstream.snapshot, upstream.info.pinned, upstream.info.quarantined
         key = (snapshot, pinned, quarantined)
-        cache = exposed.setdefault(id(upstream), _Exposed())
+        cache = exposed.setdefault(upstream, _Exposed())
         if len(cache.key) == 3 and all(a is b for a, b in zip(cache.key, key, strict=True)):
             return cache.tools
         tools = []

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
+STABLE_SECONDS = 10.0
 
 CONNECTING = "connecting"
 CONNECTED = "connected"
@@ -200,9 +201,12 @@ class Upstream:
                 return
             attempt += 1
             reconnecting = attempt > 1
+            began = time.monotonic()
             try:
                 await self._connected_session(reconnecting)
-                backoff = BACKOFF_FIRST
+                if time.monotonic() - began > STABLE_SECONDS:
+                    # It held a while: a fresh drop, not a server that dies at every connect.
+                    backoff = BACKOFF_FIRST
             except Exception as exc:  # the SDK raises from deep inside task groups
                 error = mcp_client.map_error(exc, self.info.target, self.timeout, self._probe, self.process.stderr_tail())
                 self.last_error = str(error)
