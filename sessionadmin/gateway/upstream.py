@@ -176,9 +176,6 @@ class Upstream:
     def closed(self) -> bool:
         return self._stop.is_set()
 
-    def request_relist(self) -> None:
-        self._relist.set()
-
     # --- the task ---------------------------------------------------------------------------
 
     async def run(self) -> None:
