@@ -24,6 +24,7 @@ from sessionadmin.manager import (
     SessionNotFound,
     WorkspaceCreationError,
     WorkspaceRemovalError,
+    iter_idle,
 )
 from sessionadmin.models import AgentSession, AuditEntry, LimitLock, Org, PromptLayer
 from tests.base import BaseTestCase
@@ -499,3 +500,25 @@ class BeginCleanupsTestCase(BaseTestCase):
             marked = manager.begin_cleanups(list(cutoffs), actor="system:test", reason="idle", idle_cutoffs=cutoffs)
         self.assertEqual([s.id for s in marked], [idle.id])
         self.assertEqual(AgentSession.objects.get(pk=pinned.id).status, "active")
+
+    def test_it_skips_a_session_whose_tool_call_lease_runs_in_the_walk_and_under_the_lock(self) -> None:
+        manager = self.manager()
+        with time_machine.travel("2026-11-01 10:00:00Z", tick=False):
+            idle = manager.create_session("user-1", "acme")
+            busy = manager.create_session("user-2", "acme")
+            leased_late = manager.create_session("user-3", "acme")
+        now = timezone.datetime.fromisoformat("2026-11-01T12:00:00+00:00")
+        # The gateway holds the lease of a session while a tool call is in flight.
+        AgentSession.objects.filter(pk=busy.id).update(busy_until=now + timedelta(seconds=60))
+        candidates = [c.id for c in iter_idle(timedelta(hours=1), now=now)]
+        self.assertEqual(sorted(candidates), sorted([idle.id, leased_late.id]))
+        # A call starts between the walk and the lock.
+        AgentSession.objects.filter(pk=leased_late.id).update(busy_until=now + timedelta(seconds=60))
+        cutoffs = {sid: now - timedelta(hours=1) for sid in candidates}
+        with time_machine.travel(now, tick=False):
+            marked = manager.begin_cleanups(candidates, actor="system:test", reason="idle", idle_cutoffs=cutoffs)
+        self.assertEqual([s.id for s in marked], [idle.id])
+        later = now + timedelta(minutes=5)  # the leases ran out: idle again
+        self.assertEqual(
+            sorted(manager.cleanup_inactive_sessions(timedelta(hours=1), now=later)), sorted([str(busy.id), str(leased_late.id)])
+        )
