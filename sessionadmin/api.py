@@ -51,7 +51,6 @@ from sessionadmin.lifecycle import (
     WorkspaceCreationError,
 )
 from sessionadmin.models import AgentSession, AgentSessionQuerySet, ApiToken
-from sessionadmin.secrets import SecretsError
 from sessionadmin.validation import (
     ID_PATTERN,
     MAX_ID_LENGTH,
@@ -71,6 +70,7 @@ MAX_PAGE_SIZE = 200
 # Sessions end by idle cleanup or an explicit DELETE; a client at a limit retries after this.
 RETRY_AFTER_SECONDS = 30
 BROKER_TIMEOUT_SECONDS = 1.0
+GATEWAY_TIMEOUT_SECONDS = 1.0
 
 
 class ApiError(Exception):
@@ -251,8 +251,16 @@ class SystemPrompt(Schema):
     layers: list[dict[str, Any]] = Field(description="The layers the prompt was composed from, in order.")
 
 
+class GatewayEntry(Schema):
+    type: Literal["http"]
+    url: str
+    headers: dict[str, str]
+
+
 class McpConfig(Schema):
-    mcpServers: dict[str, dict[str, Any]]
+    """What an agent CLI reads: the one entry ``sessionadmin``, the session's gateway endpoint."""
+
+    mcpServers: dict[Literal["sessionadmin"], GatewayEntry]
 
 
 class Check(Schema):
@@ -612,16 +620,15 @@ def get_system_prompt(request: HttpRequest, session_id: uuid.UUID) -> dict[str, 
 
 @api.get("/sessions/{session_id}/mcp-config", response={200: McpConfig, **errors(404, 503)})
 def get_mcp_config(request: HttpRequest, session_id: uuid.UUID, response: HttpResponse) -> dict[str, Any]:
-    """`mcpServers` of the session's attached clients; secrets only for tokens allowed to read them."""
+    """`mcpServers` with one entry, `sessionadmin`: the session's MCP endpoint on its gateway and a
+    bearer token minted for this session alone (each request mints one, audited by prefix). No
+    upstream URL, command, header or environment value is ever returned."""
     from sessionadmin import mcp_services
 
     token = token_of(request)
     session = get_visible_session(token, session_id)
-    try:
-        config = mcp_services.mcp_config_for(session, include_secrets=token.can_read_secrets)
-    except SecretsError as exc:
-        raise ApiError(503, "secrets_unreadable", str(exc)) from exc
-    # May carry secrets: never cached by anything between us and the runtime.
+    config = mcp_services.mcp_config_for(session, actor=token.actor)
+    # Carries a bearer token: never cached by anything between us and the runtime.
     response["Cache-Control"] = "no-store"
     return config
 
@@ -651,6 +658,20 @@ def check_broker() -> dict[str, Any]:
     return {"ok": True}
 
 
+def check_gateway() -> dict[str, Any]:
+    """The MCP gateway's own health URL, within 1 s."""
+    from sessionadmin import gateway_client
+
+    try:
+        answer = gateway_client.health(timeout=GATEWAY_TIMEOUT_SECONDS)
+    except (gateway_client.GatewayUnavailable, gateway_client.GatewayError) as exc:
+        logger.warning("healthz: gateway check failed: %s", exc)
+        return {"ok": False, "error": "gateway unreachable"}
+    if answer.get("status") != "ok":
+        return {"ok": False, "error": f"gateway {answer.get('status', 'not ready')}"}
+    return {"ok": True, "clients": answer.get("clients", 0)}
+
+
 def check_liveness() -> dict[str, dict[str, Any]]:
     """Worker and beat heartbeat ages (``maintenance.liveness`` reads ServiceHeartbeat)."""
     from sessionadmin.maintenance import liveness
@@ -665,8 +686,9 @@ def check_liveness() -> dict[str, dict[str, Any]]:
 
 @api.get("/healthz", auth=None, response={200: Health, 503: Health}, exclude_unset=True)
 def healthz(request: HttpRequest) -> Status[dict[str, Any]]:
-    """Database, broker, worker and beat liveness: 200 when all are alive, else 503. No token."""
-    checks: dict[str, dict[str, Any]] = {"database": check_database(), "broker": check_broker()}
+    """Database, broker, MCP gateway, worker and beat liveness: 200 when all are alive, else 503.
+    No token."""
+    checks: dict[str, dict[str, Any]] = {"database": check_database(), "broker": check_broker(), "gateway": check_gateway()}
     unknown = {"ok": False, "age_seconds": None, "error": "unknown: the database is unreachable"}
     try:
         checks.update(check_liveness() if checks["database"]["ok"] else {"worker": unknown, "beat": unknown})

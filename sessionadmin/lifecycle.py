@@ -162,7 +162,7 @@ def create(
                 user_id=user_id,
                 org=org,
                 workspace_path=str(path),
-                gateway=settings.SESSIONADMIN_GATEWAY_NAME,
+                gateway=settings.SESSIONADMIN_GATEWAY_URL,
                 system_prompt=composed.text,
                 prompt_provenance=composed.provenance,
                 variables=values,
@@ -726,6 +726,7 @@ class Candidate:
     timeout: timedelta
     timeout_source: str  # "global" or "org"
     pinned_until: datetime | None = None
+    busy_until: datetime | None = None
 
     def cutoff(self, now: datetime) -> datetime:
         return now - self.timeout
@@ -743,24 +744,27 @@ def iter_idle(threshold: timedelta, *, now: datetime, chunk: int = 1000, include
     """Active sessions idle longer than their org's timeout (or ``threshold``), oldest first.
 
     Walked by keyset on (last_active_at, id) with only the columns it needs, so that callers
-    can mark rows as they go and memory stays flat whatever the number of sessions. With
-    ``include_pinned``, pinned sessions come too (the preview shows them)."""
+    can mark rows as they go and memory stays flat whatever the number of sessions. Pinned
+    sessions and sessions with a tool call in flight (the gateway's ``busy_until`` lease) are
+    left out, unless ``include_pinned`` (the preview shows them as skipped)."""
     overrides = org_timeouts()
     sessions = AgentSession.objects.active().filter(last_active_at__lt=now - min_org_threshold(threshold))
     if not include_pinned:
-        sessions = sessions.not_pinned(now)
-    qs = sessions.order_by("last_active_at", "id").values_list("id", "user_id", "org_id", "last_active_at", "pinned_until")
+        sessions = sessions.not_pinned(now).not_busy(now)
+    qs = sessions.order_by("last_active_at", "id").values_list(
+        "id", "user_id", "org_id", "last_active_at", "pinned_until", "busy_until"
+    )
     after: tuple[datetime, uuid.UUID] | None = None
     while True:
         page = qs
         if after is not None:
             page = qs.filter(Q(last_active_at__gt=after[0]) | Q(last_active_at=after[0], id__gt=after[1]))
-        rows: list[tuple[uuid.UUID, str, str, datetime, datetime | None]] = list(page[:chunk])
-        for sid, user_id, org_id, last_active_at, pinned_until in rows:
+        rows: list[tuple[uuid.UUID, str, str, datetime, datetime | None, datetime | None]] = list(page[:chunk])
+        for sid, user_id, org_id, last_active_at, pinned_until, busy_until in rows:
             timeout = overrides.get(org_id, threshold)
             if last_active_at < now - timeout:
                 source = "org" if org_id in overrides else "global"
-                yield Candidate(sid, user_id, org_id, last_active_at, timeout, source, pinned_until)
+                yield Candidate(sid, user_id, org_id, last_active_at, timeout, source, pinned_until, busy_until)
         if len(rows) < chunk:
             return
         after = (rows[-1][3], rows[-1][0])

@@ -253,11 +253,16 @@ def preview_cleanup(*, now: datetime | None = None, threshold: timedelta | None 
         source = f"org {c.org_id}'s idle timeout" if c.timeout_source == "org" else "global default"
         why = f"idle {_human(idle_for)} > {_human(c.timeout)} ({source})"
         pinned = c.pinned_until is not None and c.pinned_until > now
+        busy = c.busy_until is not None and c.busy_until > now
         if pinned:
             preview.pinned += 1
             why += f"; skipped: pinned until {c.pinned_until:%Y-%m-%d %H:%M} UTC"
+        elif busy:
+            preview.pinned += 1
+            why += "; skipped: a tool call is in flight"
         else:
             preview.total += 1
+        pinned = pinned or busy
         if len(preview.rows) < limit:
             preview.rows.append(PreviewRow(candidate=c, idle_for=idle_for, would_end=not pinned, why=why))
     return preview
@@ -453,28 +458,20 @@ def _delete_in_chunks(qs: Any, model: Any, what: str, policy: dict[str, int]) ->
 
 
 def run_mcp_health(*, triggered_by: str = "beat", worker: str = "") -> MaintenanceRun:
-    """Call ``sessionadmin.mcp_services.health_pass()`` and record what it returns."""
+    """Ask the MCP gateway to ping its live connections (``mcp_services.health_pass``) and
+    record the counts (checked, ok, failed, changed, reconnecting, reconnects). A gateway that
+    cannot be reached is a failed run saying so."""
     from sessionadmin import mcp_services
 
     run = start_run(MCP_HEALTH, triggered_by=triggered_by, worker=worker)
-    health_pass = getattr(mcp_services, "health_pass", None)
-    if health_pass is None:
-        return finish_run(
-            run,
-            counts={},
-            error="sessionadmin.mcp_services.health_pass() does not exist (MCP health is not installed)",
-            outcome=MaintenanceRun.Outcome.FAILED,
-        )
     try:
-        result = health_pass()
+        counts = mcp_services.health_pass()
+    except mcp_services.McpOperationFailed as exc:
+        return finish_run(run, counts={}, error=str(exc), outcome=MaintenanceRun.Outcome.FAILED)
     except Exception as exc:
         finish_run(run, counts={}, error=f"{type(exc).__name__}: {exc}", outcome=MaintenanceRun.Outcome.FAILED)
         raise
-    counts = {k: v for k, v in result.items() if isinstance(v, int)} if isinstance(result, dict) else {}
-    if isinstance(result, int) and not isinstance(result, bool):
-        counts = {"checked": result}
-    report = {k: str(v)[:300] for k, v in result.items() if k not in counts} if isinstance(result, dict) else {}
-    return finish_run(run, counts=counts, report=report)
+    return finish_run(run, counts=counts)
 
 
 # --- heartbeats -------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -134,6 +135,7 @@ class Snapshot:
     capabilities: dict[str, Any]
     tools: list[dict[str, Any]] = field(default_factory=list)
     resources: list[dict[str, Any]] = field(default_factory=list)
+    resource_templates: list[dict[str, Any]] = field(default_factory=list)
     prompts: list[dict[str, Any]] = field(default_factory=list)
     duration: float = 0.0
 
@@ -200,7 +202,7 @@ def call_tool(target: Target, name: str, arguments: dict[str, Any], *, timeout: 
     async def op(client: Any) -> ToolResult:
         started = time.perf_counter()
         result = await client.call_tool(name, arguments)
-        return _tool_result(result, time.perf_counter() - started)
+        return tool_result(result, time.perf_counter() - started)
 
     return run_sync(lambda: _guarded(target, timeout, op))
 
@@ -250,7 +252,7 @@ async def _guarded(target: Target, timeout: float, op: Callable[[Any], Awaitable
     except BaseException as exc:
         if not isinstance(exc, Exception | BaseExceptionGroup) or isinstance(exc, anyio.get_cancelled_exc_class()):
             raise
-        raise _map_error(exc, target, timeout, probe, stderr.last_line() if stderr else "") from None
+        raise map_error(exc, target, timeout, probe, stderr.last_line() if stderr else "") from None
 
 
 class Probe:
@@ -293,20 +295,58 @@ class StderrTail:
         return lines[-1] if lines else ""
 
 
+class ProcessHandle(StderrTail):
+    """A live stdio connection's process, as the gateway holds it: the tail of its stderr, and
+    how long closing waits for it to exit before killing it (none on a session kill)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grace = STDIO_GRACE_SECONDS
+
+    def stderr_tail(self) -> str:
+        return self.last_line()
+
+
+def open_transport(
+    target: Target,
+    *,
+    timeout: float,
+    read_timeout: float | None = None,
+    probe: Probe | None = None,
+    process: ProcessHandle | None = None,
+) -> Any:
+    """``transport`` for a long-lived connection: ``read_timeout`` (default ``timeout``) is how
+    long an HTTP response or SSE stream may stay silent (the longest tool call allowed), and a
+    stdio server's process is ``process``."""
+    return transport(target, timeout=timeout, read_timeout=read_timeout, probe=probe, stderr=process or ProcessHandle())
+
+
 def _client(target: Target, timeout: float, probe: Probe, stderr: StderrTail | None) -> Any:
     from mcp import Client
 
     return Client(transport(target, timeout=timeout, probe=probe, stderr=stderr), read_timeout_seconds=timeout, cache=None)
 
 
-def transport(target: Target, *, timeout: float, probe: Probe | None = None, stderr: StderrTail | None = None) -> Any:
+def transport(
+    target: Target,
+    *,
+    timeout: float,
+    read_timeout: float | None = None,
+    probe: Probe | None = None,
+    stderr: StderrTail | None = None,
+) -> Any:
     """The transport of a target (an async context manager yielding the (read, write) stream
     pair ``mcp.Client`` accepts): ``stdio_transport``, or the SDK's streamable HTTP / SSE client
-    on ``http_client``. ``timeout`` is the HTTP read timeout."""
+    on ``http_client``. ``timeout`` bounds connecting; ``read_timeout`` (default the same) how
+    long a response may stay silent. The one place a Target becomes a connection: the gateway's
+    live connections and the one-shot operations below both come through here."""
+    import httpx2
+
+    read_timeout = read_timeout or timeout
     if target.transport == "stdio":
         return stdio_transport(target, stderr=stderr)
     if target.transport == "streamable_http":
-        return _streamable_http(target, http_client(target, timeout=timeout, probe=probe))
+        return _streamable_http(target, http_client(target, timeout=httpx2.Timeout(timeout, read=read_timeout), probe=probe))
     if target.transport == "sse":
         from mcp.client.sse import sse_client
 
@@ -314,7 +354,11 @@ def transport(target: Target, *, timeout: float, probe: Probe | None = None, std
             return http_client(target, timeout=timeout, probe=probe, headers=headers)
 
         return sse_client(
-            target.url, headers=target.headers or None, timeout=timeout, sse_read_timeout=timeout, httpx_client_factory=factory
+            target.url,
+            headers=target.headers or None,
+            timeout=timeout,
+            sse_read_timeout=read_timeout,
+            httpx_client_factory=factory,
         )
     raise McpError(PROTOCOL, f"unknown transport {target.transport!r}")
 
@@ -500,7 +544,7 @@ async def stdio_transport(target: Target, *, stderr: StderrTail | None = None) -
                     write_stream.close()
                     with anyio.move_on_after(0.5):
                         await writer_done.wait()
-                    await _stop_process(process, sandboxed=launch.sandboxed, init=init)
+                    await _stop_process(process, sandboxed=launch.sandboxed, init=init, grace=_grace(stderr))
                     for stream in (read_stream, write_stream, read_writer, write_reader):
                         await stream.aclose()
                     await anyio.lowlevel.checkpoint()
@@ -509,10 +553,14 @@ async def stdio_transport(target: Target, *, stderr: StderrTail | None = None) -
         with anyio.CancelScope(shield=True):
             if process.returncode is None or (init is not None and not init.gone):
                 # Failed or cancelled before the streams were up.
-                await _stop_process(process, sandboxed=launch.sandboxed, init=init)
+                await _stop_process(process, sandboxed=launch.sandboxed, init=init, grace=_grace(stderr))
         if init is not None:
             init.close()
         _release(launch)
+
+
+def _grace(stderr: StderrTail | None) -> float:
+    return stderr.grace if isinstance(stderr, ProcessHandle) else STDIO_GRACE_SECONDS
 
 
 class _SandboxInit:
@@ -585,22 +633,22 @@ def _parent_of(pid: int) -> int | None:
     return None
 
 
-async def _stop_process(process: Any, *, sandboxed: bool, init: _SandboxInit | None) -> None:
-    """Close stdin, give the server STDIO_GRACE_SECONDS, then kill: a sandbox through its init
+async def _stop_process(process: Any, *, sandboxed: bool, init: _SandboxInit | None, grace: float = STDIO_GRACE_SECONDS) -> None:
+    """Close stdin, give the server ``grace`` seconds, then kill: a sandbox through its init
     (and bwrap's process group), an unsandboxed server's process group (SIGTERM, SIGKILL)."""
     import anyio
 
     with contextlib.suppress(OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
         await process.stdin.aclose()
     if sandboxed:
-        if not await _sandbox_over(process, init, STDIO_GRACE_SECONDS):
+        if not await _sandbox_over(process, init, grace):
             if init is not None:
                 init.kill()
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
             if not await _sandbox_over(process, init, STDIO_GRACE_SECONDS):
                 logger.warning("stdio MCP sandbox %d is still alive after SIGKILL", process.pid)
-    elif not await _exited(process, STDIO_GRACE_SECONDS):
+    elif not await _exited(process, grace):
         from mcp.os.posix.utilities import terminate_posix_process_tree
 
         await terminate_posix_process_tree(process, STDIO_GRACE_SECONDS)
@@ -827,7 +875,9 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _map_error(exc: BaseException, target: Target, timeout: float, probe: Probe, stderr: str) -> McpError:
+def map_error(exc: BaseException, target: Target, timeout: float, probe: Probe | None = None, stderr: str = "") -> McpError:
+    """One McpError (kind + a message without secrets) for whatever a connection raised."""
+    probe = probe or Probe()
     leaves = _leaves(exc)
     if target.transport == "stdio":
         error = _classify_stdio(leaves, target, timeout, stderr)
@@ -928,8 +978,36 @@ async def _ping(client: Any) -> float:
 
 
 async def _inspect(client: Any) -> Snapshot:
-    """The three listings run concurrently on the one connection (over HTTP, three requests
-    in flight), each following its pagination cursor."""
+    return await snapshot_of(client)
+
+
+def tool_definition(tool: Any) -> dict[str, Any]:
+    """What an operator reviews and what is pinned: name, title, description, input and output
+    schema, annotations (as plain JSON)."""
+    annotations = getattr(tool, "annotations", None)
+    return {
+        "name": tool.name,
+        "title": tool.title or "",
+        "description": tool.description or "",
+        "input_schema": tool.input_schema or {},
+        "output_schema": tool.output_schema,
+        "annotations": annotations.model_dump(mode="json", exclude_none=True, by_alias=True) if annotations else None,
+    }
+
+
+def definition_sha256(definition: dict[str, Any]) -> str:
+    """SHA-256 of a tool definition in canonical JSON (sorted keys, compact)."""
+    return hashlib.sha256(canonical_json(definition).encode()).hexdigest()
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+async def snapshot_of(client: Any) -> Snapshot:
+    """Server info and every listing (tools, resources, resource templates, prompts) of a
+    connected client; the listings run concurrently on the one connection, each following its
+    pagination cursor."""
     import anyio
 
     started = time.perf_counter()
@@ -943,23 +1021,42 @@ async def _inspect(client: Any) -> Snapshot:
     )
 
     async def tools() -> None:
-        snapshot.tools = [
-            {"name": t.name, "title": t.title or "", "description": t.description or "", "input_schema": t.input_schema or {}}
-            for t in await _all_pages(client.list_tools, "tools")
-        ]
+        snapshot.tools = [tool_definition(t) for t in await _all_pages(client.list_tools, "tools")]
 
     async def resources() -> None:
         snapshot.resources = [
-            {"uri": str(r.uri), "name": r.name, "description": r.description or "", "mime_type": r.mime_type or ""}
+            {
+                "uri": str(r.uri),
+                "name": r.name,
+                "title": r.title or "",
+                "description": r.description or "",
+                "mime_type": r.mime_type or "",
+            }
             for r in await _all_pages(client.list_resources, "resources")
+        ]
+
+    async def templates() -> None:
+        snapshot.resource_templates = [
+            {
+                "uri_template": str(t.uri_template),
+                "name": t.name,
+                "title": t.title or "",
+                "description": t.description or "",
+                "mime_type": t.mime_type or "",
+            }
+            for t in await _all_pages(client.list_resource_templates, "resource_templates")
         ]
 
     async def prompts() -> None:
         snapshot.prompts = [
             {
                 "name": p.name,
+                "title": p.title or "",
                 "description": p.description or "",
-                "arguments": [{"name": a.name, "required": bool(a.required)} for a in (p.arguments or [])],
+                "arguments": [
+                    {"name": a.name, "description": a.description or "", "required": bool(a.required)}
+                    for a in (p.arguments or [])
+                ],
             }
             for p in await _all_pages(client.list_prompts, "prompts")
         ]
@@ -969,6 +1066,7 @@ async def _inspect(client: Any) -> Snapshot:
             tg.start_soon(tools)
         if caps is not None and caps.resources is not None:
             tg.start_soon(resources)
+            tg.start_soon(templates)
         if caps is not None and caps.prompts is not None:
             tg.start_soon(prompts)
     snapshot.duration = time.perf_counter() - started
@@ -987,7 +1085,7 @@ async def _all_pages(fetch: Callable[..., Awaitable[Any]], attribute: str) -> li
     return items
 
 
-def _tool_result(result: Any, duration: float) -> ToolResult:
+def tool_result(result: Any, duration: float) -> ToolResult:
     text: list[str] = []
     other: list[dict[str, Any]] = []
     for block in getattr(result, "content", None) or []:

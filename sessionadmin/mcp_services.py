@@ -1,21 +1,31 @@
-"""Service layer for MCP: the catalog (McpServer) and the clients attached to sessions
-(McpClient). Every write goes here, with its audit entry in the same transaction. Connections
-are opened per operation by ``mcp_client.py`` (the only module that imports the SDK), always
-outside a database transaction, so a slow server never holds a lock.
+"""Service layer for MCP: the catalog (McpServer), the clients attached to sessions (McpClient),
+the tokens of the sessions' gateway endpoints (GatewayToken) and the pinned tool definitions.
+Every write goes here, with its audit entry in the same transaction.
 
-Secrets (catalog header and environment values) are decrypted only to build a connection target
-or the workspace's ``.mcp.json``; audit details, errors and logs name them, never show them.
+Live connections belong to the MCP gateway (``sessionadmin/gateway/``, its own process): web
+processes and tasks reach it through ``gateway_client`` with ids only (never secrets), and the
+gateway records what happens to its connections through the ``record_*`` functions below, run
+in its database threads. So every state change of a client has one owner here, whichever
+process it happens in.
+
+Secrets (catalog header and environment values) are decrypted only by the gateway, to build a
+connection target; nothing else ever sees them (the workspace's ``.mcp.json`` and the runtime
+API carry the session's gateway endpoint and a bearer token of that session, nothing of the
+upstream servers). Audit details, errors and logs name secrets, never show them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import re
 import secrets as pysecrets
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,35 +33,35 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.text import slugify
 
-from sessionadmin import audit, lifecycle, mcp_client, netpolicy, sandbox
+from sessionadmin import audit, gateway_client, mcp_client, netpolicy, sandbox
+from sessionadmin.gateway_client import GatewayError, GatewayUnavailable
 from sessionadmin.lifecycle import InvalidInput, MCPClientNotFound, SessionError, SessionNotFound, parse_session_id
-from sessionadmin.mcp_client import McpError, Target, ToolResult
-from sessionadmin.models import AgentSession, McpClient, McpServer
-from sessionadmin.secrets import SecretsError, decrypt_mapping, encrypt_mapping, masked_mapping
+from sessionadmin.mcp_client import Snapshot, Target, ToolResult
+from sessionadmin.models import AgentSession, AuditEntry, GatewayToken, McpClient, McpServer
+from sessionadmin.secrets import SecretsError, decrypt_mapping, encrypt_mapping
 
 logger = logging.getLogger(__name__)
 
 HEALTH_ACTOR = "system:mcp-health"
-DEFAULT_HEALTH_CONCURRENCY = 10
 MCP_JSON = ".mcp.json"
-CLIENT_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,99}$")
-# Failures after which a client is no longer "connected" (a slow tool is not a dead server).
-DOWN_KINDS = {
-    mcp_client.UNREACHABLE,
-    mcp_client.REFUSED,
-    mcp_client.AUTH,
-    mcp_client.CLOSED,
-    mcp_client.PROTOCOL,
-    mcp_client.SANDBOX,
-}
+# The endpoint's one entry in .mcp.json and mcp-config.
+CONFIG_NAME = "sessionadmin"
+# Client ids name tools at the endpoint as "{client_id}__{tool}": "__" inside an id would be ambiguous.
+CLIENT_ID_RE = re.compile(r"^(?!.*__)[a-z0-9][a-z0-9_-]{0,99}$")
+TOKEN_SCHEME = "sgw"
+TOKEN_PREFIX_LENGTH = len(TOKEN_SCHEME) + 1 + 8
+# How long a dashboard call is polled from a plain (non-htmx) request before giving up.
+SYNC_CALL_POLL_SECONDS = 0.05
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class McpOperationFailed(SessionError):
-    """An MCP handshake or call failed; ``kind`` is McpError's kind."""
+    """An MCP handshake or call failed, or the gateway could not be reached; ``kind`` is
+    McpError's kind, or "gateway unavailable"."""
 
     def __init__(self, message: str, *, kind: str) -> None:
         super().__init__(message)
@@ -60,6 +70,22 @@ class McpOperationFailed(SessionError):
 
 def timeout_default() -> float:
     return float(settings.SESSIONADMIN_MCP_TIMEOUT_SECONDS)
+
+
+def call_timeout() -> float:
+    return float(settings.SESSIONADMIN_MCP_CALL_TIMEOUT_SECONDS)
+
+
+def _gateway_failed(exc: GatewayError | GatewayUnavailable) -> SessionError:
+    """The project error for what the gateway said (or that it could not be reached)."""
+    if isinstance(exc, GatewayError):
+        if exc.kind == "not found":
+            return MCPClientNotFound(str(exc))
+        if exc.kind == "session ended":
+            return SessionNotFound(str(exc))
+        if exc.kind == "invalid":
+            return InvalidInput(str(exc))
+    return McpOperationFailed(str(exc), kind=exc.kind)
 
 
 # --- catalog ------------------------------------------------------------------------------------
@@ -132,7 +158,8 @@ def save_server(
     server: McpServer, *, actor: str, headers: dict[str, str] | None = None, env: dict[str, str] | None = None
 ) -> McpServer:
     """Create or update a catalog entry. Audited with the names of its secrets, not the values.
-    Its URL must pass the outbound URL policy and its read-only paths the sandbox's checks."""
+    Its URL must pass the outbound URL policy and its read-only paths the sandbox's checks.
+    Live connections of an updated entry reconnect to its new target once this commits."""
     creating = server._state.adding
     set_server_secrets(server, headers=headers, env=env)
     server.full_clean()
@@ -159,14 +186,17 @@ def save_server(
             ]
         )
         if not creating:
-            # Live workspaces must not keep a stale URL or a rotated secret in .mcp.json.
-            transaction.on_commit(lambda: _rewrite_configs_of([server.pk]))
+            pks = list(
+                McpClient.objects.filter(server=server).exclude(status=McpClient.Status.CLOSED).values_list("pk", flat=True)
+            )
+            if pks:
+                transaction.on_commit(lambda: _tell_gateway(gateway_client.reload_clients, pks))
     return server
 
 
 def delete_server(server: McpServer, *, actor: str) -> None:
-    """Remove a catalog entry. Its open clients are closed (audited) and the workspaces'
-    ``.mcp.json`` rewritten, so no agent keeps using a server the operators removed."""
+    """Remove a catalog entry. Its open clients are closed (audited) and, once this commits,
+    their live connections (and stdio processes) too."""
     now = timezone.now()
     with transaction.atomic():
         name = server.name
@@ -187,31 +217,25 @@ def delete_server(server: McpServer, *, actor: str) -> None:
                 for c in clients
             ]
         )
-        session_ids = {c.session_id for c in clients}
-        transaction.on_commit(lambda: _rewrite_configs_of(None, session_ids=session_ids))
+        pks = [c.pk for c in clients]
+        if pks:
+            transaction.on_commit(lambda: _tell_gateway(gateway_client.reload_clients, pks))
 
 
-def _rewrite_configs_of(server_ids: list[int] | None, *, session_ids: set[uuid.UUID] | None = None) -> None:
-    """Rewrite ``.mcp.json`` of the live sessions using these servers (or these sessions).
-    Best effort after commit: a workspace that cannot be written is logged, and the next
-    attach, detach or refresh of that session writes it again."""
-    sessions = AgentSession.objects.active()
-    if server_ids is not None:
-        sessions = sessions.filter(mcp_clients__server_id__in=server_ids).exclude(mcp_clients__status=McpClient.Status.CLOSED)
-    else:
-        sessions = sessions.filter(pk__in=session_ids or set())
-    for session in sessions.distinct():
-        try:
-            write_mcp_json(session)
-        except OSError as exc:
-            logger.warning("cannot rewrite %s of session %s: %s", MCP_JSON, session.pk, exc.strerror or exc)
+def _tell_gateway(call: Any, *args: Any) -> None:
+    """Best effort after commit: the database is the record, and the gateway reconciles its
+    connections with it periodically, so a gateway that is down misses nothing for long."""
+    try:
+        call(*args)
+    except (GatewayError, GatewayUnavailable) as exc:
+        logger.warning("could not tell the MCP gateway: %s", exc)
 
 
-# --- targets and the workspace's .mcp.json ------------------------------------------------------
+# --- targets (read by the gateway only) ---------------------------------------------------------
 
 
 def target_for(client: McpClient, session: AgentSession) -> Target:
-    """How to reach a client's server now: catalog entries are read at each operation."""
+    """How to reach a client's server now: catalog entries are read at each (re)connect."""
     if client.server_id is None:
         if not client.url:
             raise McpOperationFailed(
@@ -246,60 +270,85 @@ def _target_of_server(server: McpServer, session: AgentSession) -> Target:
     return Target(server.transport, url=server.url, headers=server_headers(server), **_http_policy())
 
 
-def _entry_of(client: McpClient, *, include_secrets: bool) -> dict[str, Any] | None:
-    server = client.server
-    if server is None:
-        if client.transport == McpServer.Transport.STDIO:
-            return None  # its catalog entry (the only source of a command) is gone
-        return {"type": "http" if client.transport == "streamable_http" else "sse", "url": client.url}
-    if server.transport == McpServer.Transport.STDIO:
-        entry: dict[str, Any] = {"command": server.command, "args": [str(a) for a in server.args or []]}
-        env = server_env(server)
-        if env:
-            entry["env"] = env if include_secrets else masked_mapping(env)
-        return entry
-    entry = {"type": "http" if server.transport == McpServer.Transport.STREAMABLE_HTTP else "sse", "url": server.url}
-    headers = server_headers(server)
-    if headers:
-        entry["headers"] = headers if include_secrets else masked_mapping(headers)
-    return entry
+# --- the session's endpoint: tokens, .mcp.json, mcp-config --------------------------------------
 
 
-def mcp_config_for(session: AgentSession, *, include_secrets: bool) -> dict[str, Any]:
-    """The session's ``.mcp.json`` document, ``{"mcpServers": {client_id: entry}}``, in the
-    format agent CLIs read: stdio -> command/args/env, streamable HTTP -> {"type": "http",
-    "url", "headers"}, SSE -> {"type": "sse", ...}. Header/env values are masked unless
-    ``include_secrets``. Every attached (not closed) client is listed."""
-    clients = McpClient.objects.filter(session_id=session.pk).exclude(status=McpClient.Status.CLOSED).select_related("server")
-    entries = {c.client_id: _entry_of(c, include_secrets=include_secrets) for c in clients.order_by("client_id")}
-    return {"mcpServers": {client_id: entry for client_id, entry in entries.items() if entry is not None}}
+def endpoint_url(session: AgentSession) -> str:
+    """``{gateway}/sessions/{id}/mcp``: the one MCP server an agent of this session talks to."""
+    base = (session.gateway or settings.SESSIONADMIN_GATEWAY_URL).rstrip("/")
+    return f"{base}/sessions/{session.id}/mcp"
 
 
-def write_mcp_json(session: AgentSession) -> None:
-    """Rewrite ``{workspace}/.mcp.json`` atomically (temp file + rename), mode 0600. Every
-    directory below the workspace root is opened with O_NOFOLLOW and the file is created
-    relative to the workspace's descriptor, so a planted symlink is never followed (a link
-    at ``.mcp.json`` itself is replaced, not written through)."""
-    document = json.dumps(mcp_config_for(session, include_secrets=True), indent=2, sort_keys=True) + "\n"
-    path = Path(session.workspace_path)
-    root_fd = os.open(path.parent.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def hash_gateway_token(raw: str) -> str:
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+def mint_gateway_token(session: AgentSession, *, actor: str, purpose: str) -> str:
+    """A new bearer token for the session's endpoint; only its hash is stored. Audited
+    (``gateway_token_issued``) with its prefix and what it was issued for."""
+    raw = f"{TOKEN_SCHEME}_{pysecrets.token_hex(4)}_{pysecrets.token_urlsafe(32)}"
+    now = timezone.now()
+    with transaction.atomic():
+        GatewayToken.objects.create(
+            session=session,
+            prefix=raw[:TOKEN_PREFIX_LENGTH],
+            token_hash=hash_gateway_token(raw),
+            created_at=now,
+            created_by=actor,
+        )
+        audit.write(
+            [
+                audit.session_entry(
+                    "gateway_token_issued", session, actor, {"prefix": raw[:TOKEN_PREFIX_LENGTH], "for": purpose}, at=now
+                )
+            ]
+        )
+    return raw
+
+
+def mcp_config_document(session: AgentSession, token: str) -> dict[str, Any]:
+    return {
+        "mcpServers": {
+            CONFIG_NAME: {"type": "http", "url": endpoint_url(session), "headers": {"Authorization": f"Bearer {token}"}}
+        }
+    }
+
+
+def mcp_config_for(session: AgentSession, *, actor: str) -> dict[str, Any]:
+    """The runtime API's ``mcp-config``: the session's endpoint with a token minted for this
+    request. No upstream URL, command, header or env value, whatever is attached."""
+    return mcp_config_document(session, mint_gateway_token(session, actor=actor, purpose="mcp-config"))
+
+
+def session_for_token(token_hash: str) -> tuple[uuid.UUID, str, str, bool] | None:
+    """(session id, user id, org id, session is active) for a gateway token hash, or None."""
+    row = (
+        GatewayToken.objects.filter(token_hash=token_hash)
+        .values_list("session_id", "session__user_id", "session__org_id", "session__status")
+        .first()
+    )
+    if row is None:
+        return None
+    return row[0], row[1], row[2], row[3] == AgentSession.Status.ACTIVE
+
+
+def write_mcp_json(session: AgentSession, *, actor: str) -> bool:
+    """Write ``{workspace}/.mcp.json`` (the session's endpoint and a newly minted token) unless
+    it already points at the endpoint. Returns whether it wrote. Atomic (temp file + rename),
+    mode 0600; every directory below the workspace root is opened with O_NOFOLLOW and the file
+    is created relative to the workspace's descriptor, so a planted symlink is never followed
+    (a link at ``.mcp.json`` itself is replaced, not written through)."""
+    ws_fd = _open_workspace(session)
     try:
-        user_fd = os.open(path.parent.name, _DIR_FLAGS, dir_fd=root_fd)
-        try:
-            ws_fd = os.open(path.name, _DIR_FLAGS, dir_fd=user_fd)
-        finally:
-            os.close(user_fd)
-    finally:
-        os.close(root_fd)
-    try:
+        if _current_config_url(ws_fd) == endpoint_url(session):
+            return False
+        document = json.dumps(mcp_config_document(session, mint_gateway_token(session, actor=actor, purpose=MCP_JSON)), indent=2)
         tmp = f".mcp.json.{pysecrets.token_hex(6)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=ws_fd)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 os.fchmod(fh.fileno(), 0o600)
-                # No fsync: the database is the record and the file is regenerated from it on
-                # every attach/detach; the rename alone makes a reader see old or new, never half.
-                fh.write(document)
+                fh.write(document + "\n")
             os.replace(tmp, MCP_JSON, src_dir_fd=ws_fd, dst_dir_fd=ws_fd)
         except BaseException:
             try:
@@ -309,16 +358,36 @@ def write_mcp_json(session: AgentSession) -> None:
             raise
     finally:
         os.close(ws_fd)
+    return True
 
 
-def _rewrite_config(session: AgentSession) -> None:
+def _open_workspace(session: AgentSession) -> int:
+    path = Path(session.workspace_path)
+    root_fd = os.open(path.parent.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        write_mcp_json(session)
-    except OSError as exc:
-        raise McpOperationFailed(f"cannot write {MCP_JSON} in the workspace: {exc.strerror or exc}", kind="workspace") from exc
+        user_fd = os.open(path.parent.name, _DIR_FLAGS, dir_fd=root_fd)
+        try:
+            return os.open(path.name, _DIR_FLAGS, dir_fd=user_fd)
+        finally:
+            os.close(user_fd)
+    finally:
+        os.close(root_fd)
 
 
-# --- attach, detach, read -----------------------------------------------------------------------
+def _current_config_url(ws_fd: int) -> str | None:
+    try:
+        fd = os.open(MCP_JSON, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=ws_fd)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            data = json.loads(fh.read(64 * 1024))
+        return str(data["mcpServers"][CONFIG_NAME]["url"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+# --- attach, detach, read (web side) ------------------------------------------------------------
 
 
 def _active_session(session_id: uuid.UUID | str, *, lock: bool = False) -> AgentSession:
@@ -332,7 +401,9 @@ def _active_session(session_id: uuid.UUID | str, *, lock: bool = False) -> Agent
 
 def _check_client_id(client_id: str) -> str:
     if not CLIENT_ID_RE.match(client_id):
-        raise InvalidInput("client id must be 1-100 lowercase letters, digits, '-' or '_', starting with a letter or digit")
+        raise InvalidInput(
+            "client id must be 1-100 lowercase letters, digits, '-' or '_' (no '__'), starting with a letter or digit"
+        )
     return client_id
 
 
@@ -360,77 +431,42 @@ def add_client(
     client_id: str = "",
     timeout: float | None = None,
 ) -> McpClient:
-    """Attach a server to an active session: a real handshake (initialize + list tools,
-    resources, prompts) within ``timeout``, then the client row, its audit entry and the
-    rewritten ``.mcp.json``, in one transaction. A failed handshake is audited
-    (``mcp_client_add_failed``), leaves no row, and raises McpOperationFailed."""
+    """Attach a server to an active session. The gateway opens the live connection (handshake,
+    then tools, resources and prompts, within ``timeout``) and, if it works, records the client,
+    pins its tools and writes ``.mcp.json`` (``record_attached``); a failure is audited
+    (``mcp_client_add_failed``), leaves no client and raises McpOperationFailed."""
     session = _active_session(session_id)
     catalog = _resolve_server(server) if server is not None and server != "" else None
     if catalog is None:
         url = _check_adhoc_url(url, transport)
-        target = Target(transport, url=url, **_http_policy())
         default_id = slugify((urlsplit(url).hostname or "server").replace(".", "-"))
     else:
         refused = url_policy_error(catalog.url) if catalog.transport != McpServer.Transport.STDIO else None
         if refused:
             raise InvalidInput(f"URL of {catalog.name} refused: {refused}")
-        target = _target_of_server(catalog, session)
-        transport, url = catalog.transport, catalog.url
+        transport, url = catalog.transport, ""
         default_id = slugify(catalog.name)
-    client_id = _check_client_id(client_id or default_id[:100] or "server")
+    client_id = _check_client_id(client_id or default_id.replace("__", "_")[:100] or "server")
     if McpClient.objects.filter(session_id=session.id, client_id=client_id).exclude(status=McpClient.Status.CLOSED).exists():
         raise InvalidInput(f"client id {client_id!r} is already attached to this session")
-    label = {
-        "client_id": client_id,
-        "server": catalog.name if catalog else "",
-        "transport": transport,
-        "target": target.describe(),
-    }
+    timeout = timeout or timeout_default()
     try:
-        snapshot = mcp_client.inspect(target, timeout=timeout or timeout_default())
-    except McpError as exc:
-        with transaction.atomic():
-            audit.write(
-                [audit.session_entry("mcp_client_add_failed", session, actor, {**label, "kind": exc.kind, "error": str(exc)})]
-            )
-        raise McpOperationFailed(str(exc), kind=exc.kind) from None
-    now = timezone.now()
-    with transaction.atomic():
-        session = _active_session(session.id, lock=True)
-        # Closed clients of the same id stay as the session's history.
-        if McpClient.objects.filter(session_id=session.id, client_id=client_id).exclude(status=McpClient.Status.CLOSED).exists():
-            raise InvalidInput(f"client id {client_id!r} is already attached to this session")
-        client = McpClient(
-            session=session,
+        answer = gateway_client.attach(
+            session.id,
             client_id=client_id,
-            server=catalog,
+            server_id=catalog.pk if catalog else None,
+            url=url,
             transport=transport,
-            url=url if catalog is None else "",
-            status=McpClient.Status.CONNECTED,
-            created_at=now,
-            created_by=actor,
+            actor=actor,
+            timeout=timeout,
         )
-        _apply_snapshot(client, snapshot, now)
-        client.save(force_insert=True)
-        _rewrite_config(session)
-        lifecycle.touch(session_id=session.id)
-        audit.write(
-            [
-                audit.session_entry(
-                    "mcp_client_added",
-                    session,
-                    actor,
-                    {
-                        **label,
-                        "server_name": snapshot.server_name,
-                        "server_version": snapshot.server_version,
-                        "protocol_version": snapshot.protocol_version,
-                        "tools": len(snapshot.tools),
-                    },
-                )
-            ]
-        )
-    return client
+    except GatewayUnavailable as exc:
+        label = {"client_id": client_id, "server": catalog.name if catalog else "", "transport": transport}
+        record_add_failed(session.id, label, kind=exc.kind, error=str(exc), actor=actor)
+        raise McpOperationFailed(str(exc), kind=exc.kind) from None
+    except GatewayError as exc:
+        raise _gateway_failed(exc) from None
+    return McpClient.objects.select_related("server").get(pk=answer["client"])
 
 
 def _resolve_server(server: McpServer | int | str) -> McpServer:
@@ -445,29 +481,18 @@ def _resolve_server(server: McpServer | int | str) -> McpServer:
     return found
 
 
-def _apply_snapshot(client: McpClient, snapshot: mcp_client.Snapshot, now: Any) -> None:
-    client.server_name = snapshot.server_name[:200]
-    client.server_version = snapshot.server_version[:100]
-    client.protocol_version = snapshot.protocol_version[:50]
-    client.capabilities = snapshot.capabilities
-    client.tools = snapshot.tools
-    client.resources = snapshot.resources
-    client.prompts = snapshot.prompts
-    client.last_verified_at = now
-    client.last_error = ""
-
-
 def remove_client(session_id: uuid.UUID | str, client_id: str, *, actor: str) -> McpClient:
-    """Close and detach one client (the row stays, closed, for the record)."""
+    """Detach one client (the row stays, closed, for the record); its live connection (and
+    stdio process) is closed once this commits."""
     now = timezone.now()
     with transaction.atomic():
         session = _active_session(session_id, lock=True)
         client = _open_client(session.id, client_id, lock=True)
         client.status, client.closed_at = McpClient.Status.CLOSED, now
         client.save(update_fields=["status", "closed_at"])
-        _rewrite_config(session)
-        lifecycle.touch(session_id=session.id)
         audit.write([audit.session_entry("mcp_client_removed", session, actor, {"client_id": client.client_id})])
+        pk = client.pk
+        transaction.on_commit(lambda: _tell_gateway(gateway_client.reload_clients, [pk]))
     return client
 
 
@@ -494,30 +519,355 @@ def list_clients(session_id: uuid.UUID | str) -> list[McpClient]:
     return list(McpClient.objects.filter(session_id=sid).exclude(status=McpClient.Status.CLOSED).select_related("server"))
 
 
-# --- refresh, call, health ----------------------------------------------------------------------
+# --- refresh, calls, health, approval (web side, through the gateway) ---------------------------
 
 
 def refresh_client(session_id: uuid.UUID | str, client_id: str, *, actor: str, timeout: float | None = None) -> McpClient:
-    """Redo the handshake and the listings; record the result (an error is recorded, not raised)."""
+    """Re-list tools, resources and prompts on the live connection. The outcome is recorded by
+    the gateway (an unreachable server is a status, not an exception); the row is returned."""
     session = _active_session(session_id)
     client = _open_client(session.id, client_id)
     try:
-        snapshot: mcp_client.Snapshot | None = mcp_client.inspect(
-            target_for(client, session), timeout=timeout or timeout_default()
+        gateway_client.refresh(client.pk, actor=actor, timeout=timeout or timeout_default())
+    except GatewayError as exc:
+        if exc.kind == "not found":
+            raise McpOperationFailed(f"the gateway has no live connection for {client.client_id}: {exc}", kind="unavailable")
+        raise _gateway_failed(exc) from None
+    except GatewayUnavailable as exc:
+        raise McpOperationFailed(str(exc), kind=exc.kind) from None
+    client.refresh_from_db()
+    return client
+
+
+def start_tool_call(
+    session_id: uuid.UUID | str, client_id: str, tool: str, arguments: dict[str, Any], *, actor: str, timeout: float | None = None
+) -> str:
+    """Start a tool call on the client's live connection and return its id at once: the call
+    runs in the gateway (a slow tool holds no web worker), ``tool_call_status`` reads it."""
+    if not isinstance(arguments, dict):
+        raise InvalidInput("tool arguments must be a JSON object")
+    session = _active_session(session_id)
+    client = _open_client(session.id, client_id)
+    try:
+        return gateway_client.start_call(client.pk, tool=str(tool), arguments=arguments, actor=actor, timeout=timeout)
+    except GatewayError as exc:
+        if exc.kind == "not found":  # the row is open but its connection is not (yet) on the gateway
+            raise McpOperationFailed(f"the gateway has no live connection for {client.client_id}: {exc}", kind="unavailable")
+        raise _gateway_failed(exc) from None
+    except GatewayUnavailable as exc:
+        raise McpOperationFailed(str(exc), kind=exc.kind) from None
+
+
+def tool_call_status(session_id: uuid.UUID | str, call_id: str, *, actor: str) -> dict[str, Any]:
+    """``{"status": "running", ...}`` or ``{"status": "done", "result": ToolResult}`` or
+    ``{"status": "failed", "kind", "error"}``, for the operator who started the call."""
+    try:
+        data = gateway_client.get_call(call_id, session_id=parse_session_id(session_id), actor=actor)
+    except GatewayError as exc:
+        raise _gateway_failed(exc) from None
+    except GatewayUnavailable as exc:
+        raise McpOperationFailed(str(exc), kind=exc.kind) from None
+    if data.get("status") == "done":
+        data["result"] = ToolResult(**data["result"])
+    return data
+
+
+def call_tool(
+    session_id: uuid.UUID | str, client_id: str, tool: str, arguments: dict[str, Any], *, actor: str, timeout: float | None = None
+) -> ToolResult:
+    """Call a tool and wait for its result (scripts, the seed's API, tests; the dashboard uses
+    ``start_tool_call`` and polls). A tool that fails server-side is a result with
+    ``is_error``; a failed call raises McpOperationFailed."""
+    call_id = start_tool_call(session_id, client_id, tool, arguments, actor=actor, timeout=timeout)
+    deadline = time.monotonic() + (timeout or call_timeout()) + float(settings.SESSIONADMIN_GATEWAY_TIMEOUT_SECONDS)
+    while True:
+        status = tool_call_status(session_id, call_id, actor=actor)
+        if status["status"] == "done":
+            result: ToolResult = status["result"]
+            return result
+        if status["status"] == "failed":
+            raise McpOperationFailed(str(status.get("error", "")), kind=str(status.get("kind", "")))
+        if time.monotonic() > deadline:
+            raise McpOperationFailed(f"{mcp_client.TIMEOUT}: the call did not finish in time", kind=mcp_client.TIMEOUT)
+        time.sleep(SYNC_CALL_POLL_SECONDS)
+
+
+def health_pass(*, actor: str = HEALTH_ACTOR, timeout: float | None = None) -> dict[str, int]:
+    """Ask the gateway to ping every live connection (no new connection, no new process); it
+    records status changes. Returns counts: checked, ok, failed, changed, reconnecting,
+    reconnects (re-established connections since the gateway started)."""
+    try:
+        answer = gateway_client.ping_all(actor=actor, timeout=timeout or timeout_default())
+    except (GatewayError, GatewayUnavailable) as exc:
+        raise McpOperationFailed(str(exc), kind=exc.kind) from None
+    return {k: int(v) for k, v in answer.items() if isinstance(v, int)}
+
+
+def approve_tool(session_id: uuid.UUID | str, client_id: str, tool: str, *, actor: str) -> McpClient:
+    """An operator reviewed a quarantined tool's new definition: pin it (``mcp_tool_approved``)
+    and let the agent see and call it again."""
+    with transaction.atomic():
+        session = _active_session(session_id, lock=True)
+        client = _open_client(session.id, client_id, lock=True)
+        held = (client.quarantined_tools or {}).get(tool)
+        if held is None:
+            raise InvalidInput(f"tool {audit.safe_repr(tool, 60)} is not quarantined")
+        old = (client.pinned_tools or {}).get(tool, {}).get("sha256")
+        client.pinned_tools = {
+            **(client.pinned_tools or {}),
+            tool: {"sha256": held["new_sha256"], "definition": held["definition"]},
+        }
+        client.quarantined_tools = {k: v for k, v in (client.quarantined_tools or {}).items() if k != tool}
+        client.save(update_fields=["pinned_tools", "quarantined_tools"])
+        audit.write(
+            [
+                audit.session_entry(
+                    "mcp_tool_approved",
+                    session,
+                    actor,
+                    {"client_id": client.client_id, "tool": tool[:200], "old_sha256": old, "new_sha256": held["new_sha256"]},
+                )
+            ]
         )
-        error = ""
-    except (McpError, McpOperationFailed) as exc:
-        snapshot, error = None, str(exc)
+        pk = client.pk
+        transaction.on_commit(lambda: _tell_gateway(gateway_client.reload_clients, [pk]))
+    return client
+
+
+# --- session end ----------------------------------------------------------------------------------
+
+
+def sessions_ended(session_ids: Sequence[uuid.UUID | str]) -> None:
+    """Called by ``lifecycle.end`` once the terminating mark has committed: the gateway refuses
+    the sessions' tokens, cancels their tool calls in flight and closes their upstream
+    connections (the worker's half tells it again; closing twice is harmless)."""
+    ids = [uuid.UUID(str(s)) for s in session_ids]
+    if ids:
+        _tell_gateway(gateway_client.close_sessions, ids)
+
+
+def close_clients_of_sessions(session_ids: Sequence[uuid.UUID], *, actor: str) -> int:
+    """Close every open client of these sessions (session cleanup calls this before the
+    workspace goes). One ``mcp_client_closed`` entry per client. Returns how many closed. The
+    gateway closes the live connections (it already did when the sessions were marked
+    terminating; telling it again is harmless)."""
     now = timezone.now()
     with transaction.atomic():
-        row = _open_client(session.id, client_id, lock=True)
-        before = row.status
-        if snapshot is not None:
-            _apply_snapshot(row, snapshot, now)
-            row.status = McpClient.Status.CONNECTED
-        else:
-            row.status, row.last_error = McpClient.Status.ERROR, error
-        row.save(
+        clients = list(
+            McpClient.objects.select_for_update()
+            .filter(session_id__in=list(session_ids))
+            .exclude(status=McpClient.Status.CLOSED)
+            .select_related("session")
+        )
+        if clients:
+            McpClient.objects.filter(pk__in=[c.pk for c in clients]).update(status=McpClient.Status.CLOSED, closed_at=now)
+            audit.write(
+                audit.entry(
+                    "mcp_client_closed",
+                    actor=actor,
+                    user_id=c.session.user_id,
+                    org_id=c.session.org_id,
+                    session_id=c.session_id,
+                    details={"client_id": c.client_id, "reason": "session cleanup"},
+                    at=now,
+                )
+                for c in clients
+            )
+    if session_ids:
+        _tell_gateway(gateway_client.close_sessions, list(session_ids))
+    return len(clients)
+
+
+# --- what the gateway records (run in the gateway's database threads) ---------------------------
+
+
+def load_clients(*, gateway_url: str, client_pks: Iterable[int] | None = None) -> list[dict[str, Any]]:
+    """The open clients of active sessions served by this gateway (all of them, or these), with
+    their targets (secrets decrypted) and pins: what the gateway (re)connects."""
+    qs = (
+        McpClient.objects.filter(session__status=AgentSession.Status.ACTIVE)
+        .exclude(status=McpClient.Status.CLOSED)
+        .filter(Q(session__gateway=gateway_url) | Q(session__gateway=""))
+        .select_related("session", "server")
+        .order_by("pk")
+    )
+    if client_pks is not None:
+        qs = qs.filter(pk__in=list(client_pks))
+    return [_client_state(c) for c in qs]
+
+
+def _client_state(client: McpClient) -> dict[str, Any]:
+    try:
+        target: Target | None = target_for(client, client.session)
+        target_error = ""
+    except (McpOperationFailed, SecretsError) as exc:
+        target, target_error = None, str(exc)
+    return {
+        "pk": client.pk,
+        "session_id": client.session_id,
+        "user_id": client.session.user_id,
+        "org_id": client.session.org_id,
+        "client_id": client.client_id,
+        "target": target,
+        "target_error": target_error,
+        "pinned": dict(client.pinned_tools or {}),
+        "quarantined": dict(client.quarantined_tools or {}),
+        "status": client.status,
+    }
+
+
+def attach_target(session_id: uuid.UUID, *, server_id: int | None, url: str, transport: str) -> tuple[Target, dict[str, Any]]:
+    """The target of an attach in progress (the catalog entry read and decrypted here, in the
+    gateway) and the session's ids."""
+    session = _active_session(session_id)
+    if server_id is not None:
+        server = McpServer.objects.filter(pk=server_id, enabled=True).first()
+        if server is None:
+            raise InvalidInput("no such enabled MCP server in the catalog")
+        target = _target_of_server(server, session)
+    else:
+        target = Target(transport, url=_check_adhoc_url(url, transport), **_http_policy())
+    return target, {"user_id": session.user_id, "org_id": session.org_id}
+
+
+def record_add_failed(session_id: uuid.UUID, label: dict[str, Any], *, kind: str, error: str, actor: str) -> None:
+    with transaction.atomic():
+        session = AgentSession.objects.filter(pk=session_id).first()
+        if session is None:
+            return
+        audit.write(
+            [
+                audit.session_entry(
+                    "mcp_client_add_failed", session, actor, {**label, "kind": kind, "error": error[: audit.MAX_DETAIL_TEXT]}
+                )
+            ]
+        )
+
+
+def pins_of(snapshot: Snapshot) -> dict[str, Any]:
+    return {t["name"]: {"sha256": mcp_client.definition_sha256(t), "definition": t} for t in snapshot.tools}
+
+
+def record_attached(
+    session_id: uuid.UUID,
+    *,
+    client_id: str,
+    server_id: int | None,
+    url: str,
+    transport: str,
+    actor: str,
+    target: Target,
+    snapshot: Snapshot,
+) -> McpClient:
+    """The gateway's live connection works: record the client with what it lists, pin every
+    tool definition, audit ``mcp_client_added`` and write ``.mcp.json`` (first attach), in one
+    transaction under the session's lock (a session ended meanwhile is SessionNotFound and
+    nothing is recorded)."""
+    now = timezone.now()
+    with transaction.atomic():
+        session = _active_session(session_id, lock=True)
+        # Closed clients of the same id stay as the session's history.
+        if McpClient.objects.filter(session_id=session.id, client_id=client_id).exclude(status=McpClient.Status.CLOSED).exists():
+            raise InvalidInput(f"client id {client_id!r} is already attached to this session")
+        catalog = McpServer.objects.filter(pk=server_id).first() if server_id is not None else None
+        client = McpClient(
+            session=session,
+            client_id=client_id,
+            server=catalog,
+            transport=transport,
+            url=url if catalog is None else "",
+            status=McpClient.Status.CONNECTED,
+            created_at=now,
+            created_by=actor,
+            pinned_tools=pins_of(snapshot),
+            quarantined_tools={},
+        )
+        _apply_snapshot(client, snapshot, now)
+        client.save(force_insert=True)
+        audit.write(
+            [
+                audit.session_entry(
+                    "mcp_client_added",
+                    session,
+                    actor,
+                    {
+                        "client_id": client_id,
+                        "server": catalog.name if catalog else "",
+                        "transport": transport,
+                        "target": target.describe(),
+                        "server_name": snapshot.server_name,
+                        "server_version": snapshot.server_version,
+                        "protocol_version": snapshot.protocol_version,
+                        "tools": len(snapshot.tools),
+                    },
+                )
+            ]
+        )
+        try:
+            write_mcp_json(session, actor=actor)
+        except OSError as exc:
+            raise McpOperationFailed(
+                f"cannot write {MCP_JSON} in the workspace: {exc.strerror or exc}", kind="workspace"
+            ) from exc
+        _touch(session.id, now)
+    return client
+
+
+def _apply_snapshot(client: McpClient, snapshot: Snapshot, now: datetime) -> None:
+    client.server_name = snapshot.server_name[:200]
+    client.server_version = snapshot.server_version[:100]
+    client.protocol_version = snapshot.protocol_version[:50]
+    client.capabilities = snapshot.capabilities
+    client.tools = snapshot.tools
+    client.resources = snapshot.resources
+    client.prompts = snapshot.prompts
+    client.last_verified_at = now
+    client.last_error = ""
+
+
+def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[str, Any] | None:
+    """A later listing of a live connection (refresh, reconnect, upstream list_changed): store
+    it, and quarantine every tool whose definition differs from its pin or that was not there
+    at attach (``mcp_tool_changed`` with old and new hashes, once per new definition).
+    Returns ``{"pinned", "quarantined"}`` as now stored, or None if the client is closed."""
+    now = timezone.now()
+    with transaction.atomic():
+        client = (
+            McpClient.objects.select_for_update(of=("self",))
+            .filter(pk=client_pk)
+            .exclude(status=McpClient.Status.CLOSED)
+            .select_related("session")
+            .first()
+        )
+        if client is None:
+            return None
+        pinned = dict(client.pinned_tools or {})
+        quarantined = dict(client.quarantined_tools or {})
+        entries = []
+        for definition in snapshot.tools:
+            name = definition["name"]
+            new = mcp_client.definition_sha256(definition)
+            old = pinned.get(name, {}).get("sha256")
+            if new == old:
+                quarantined.pop(name, None)
+                continue
+            if quarantined.get(name, {}).get("new_sha256") == new:
+                continue  # already held for review
+            quarantined[name] = {"old_sha256": old, "new_sha256": new, "definition": definition, "at": now.isoformat()}
+            entries.append(
+                audit.session_entry(
+                    "mcp_tool_changed",
+                    client.session,
+                    actor,
+                    {"client_id": client.client_id, "tool": name[:200], "old_sha256": old, "new_sha256": new},
+                    at=now,
+                )
+            )
+        listed = {t["name"] for t in snapshot.tools}
+        quarantined = {k: v for k, v in quarantined.items() if k in listed}
+        _apply_snapshot(client, snapshot, now)
+        client.quarantined_tools = quarantined
+        client.save(
             update_fields=[
                 "server_name",
                 "server_version",
@@ -528,166 +878,134 @@ def refresh_client(session_id: uuid.UUID | str, client_id: str, *, actor: str, t
                 "prompts",
                 "last_verified_at",
                 "last_error",
-                "status",
+                "quarantined_tools",
             ]
         )
-        if row.status != before:
-            audit.write([_status_entry(session, row, actor, before, error)])
-    lifecycle.touch(session_id=session.id)
-    return row
-
-
-def _status_entry(session: AgentSession, client: McpClient, actor: str, before: str, error: str) -> Any:
-    details = {"client_id": client.client_id, "from": before, "to": client.status}
-    if error:
-        details["error"] = error[: audit.MAX_DETAIL_TEXT]
-    return audit.session_entry("mcp_client_status_changed", session, actor, details)
-
-
-def call_tool(
-    session_id: uuid.UUID | str, client_id: str, tool: str, arguments: dict[str, Any], *, actor: str, timeout: float | None = None
-) -> ToolResult:
-    """Call a tool of an attached client. Audited as ``mcp_tool_called`` with the tool name,
-    duration and error flag (the arguments are not recorded). A tool that fails server-side
-    is a result with ``is_error``; a transport failure raises McpOperationFailed and, unless
-    it was a timeout, marks the client ``error``."""
-    if not isinstance(arguments, dict):
-        raise InvalidInput("tool arguments must be a JSON object")
-    session = _active_session(session_id)
-    client = _open_client(session.id, client_id)
-    lifecycle.touch(session_id=session.id)
-    target = target_for(client, session)
-    started = timezone.now()
-    try:
-        result: ToolResult | None = mcp_client.call_tool(target, str(tool), arguments, timeout=timeout or timeout_default())
-        error, kind = "", ""
-    except McpError as exc:
-        result, error, kind = None, str(exc), exc.kind
-    duration = result.duration if result else (timezone.now() - started).total_seconds()
-    details: dict[str, Any] = {
-        "client_id": client.client_id,
-        "tool": str(tool)[:200],
-        "duration_ms": round(duration * 1000, 1),
-        "is_error": bool(result.is_error) if result else True,
-        "arguments": "redacted",
-    }
-    if kind:
-        details["kind"], details["error"] = kind, error[: audit.MAX_DETAIL_TEXT]
-    with transaction.atomic():
-        entries = [audit.session_entry("mcp_tool_called", session, actor, details)]
-        if result is not None and client.status == McpClient.Status.ERROR:
-            changed = McpClient.objects.filter(pk=client.pk, status=McpClient.Status.ERROR).update(
-                status=McpClient.Status.CONNECTED, last_verified_at=timezone.now(), last_error=""
-            )
-            if changed:
-                client.status = McpClient.Status.CONNECTED
-                entries.append(_status_entry(session, client, actor, McpClient.Status.ERROR, ""))
-        elif kind in DOWN_KINDS and client.status == McpClient.Status.CONNECTED:
-            changed = McpClient.objects.filter(pk=client.pk, status=McpClient.Status.CONNECTED).update(
-                status=McpClient.Status.ERROR, last_error=error
-            )
-            if changed:
-                client.status = McpClient.Status.ERROR
-                entries.append(_status_entry(session, client, actor, McpClient.Status.CONNECTED, error))
-        audit.write(entries)
-    if result is None:
-        raise McpOperationFailed(error, kind=kind)
-    return result
-
-
-def health_pass(
-    *, concurrency: int = DEFAULT_HEALTH_CONCURRENCY, timeout: float | None = None, actor: str = HEALTH_ACTOR
-) -> dict[str, int]:
-    """Handshake with every attached client of active sessions, ``concurrency`` at a time on
-    one event loop, and record the outcome: ``last_verified_at`` moves on success; a status
-    change (connected <-> error) is written with a conditional UPDATE (a client closed
-    meanwhile stays closed) and audited; an unchanged status is not. Returns counts."""
-    clients = list(
-        McpClient.objects.filter(
-            status__in=[McpClient.Status.CONNECTED, McpClient.Status.ERROR], session__status=AgentSession.Status.ACTIVE
-        )
-        .select_related("session", "server")
-        .order_by("pk")
-    )
-    targets: list[Target | None] = []
-    for client in clients:
-        try:
-            targets.append(target_for(client, client.session))
-        except (McpOperationFailed, SessionError, ValueError) as exc:
-            logger.warning("MCP client %s of session %s has no usable target: %s", client.client_id, client.session_id, exc)
-            targets.append(None)
-    reachable = [t for t in targets if t is not None]
-    outcomes = iter(mcp_client.ping_many(reachable, timeout=timeout or timeout_default(), concurrency=concurrency))
-    results: list[str | None] = []
-    for t in targets:
-        if t is None:
-            results.append(f"{mcp_client.PROTOCOL}: the catalog entry was deleted")
-        else:
-            failure = next(outcomes)
-            results.append(str(failure) if failure else None)
-    now = timezone.now()
-    counts = {"checked": len(clients), "ok": 0, "failed": 0, "changed": 0}
-    ok_unchanged: list[int] = []
-    entries = []
-    with transaction.atomic():
-        for client, error in zip(clients, results, strict=True):
-            counts["ok" if error is None else "failed"] += 1
-            new = McpClient.Status.CONNECTED if error is None else McpClient.Status.ERROR
-            if new == client.status:
-                if error is None:
-                    ok_unchanged.append(client.pk)
-                continue
-            fields: dict[str, Any] = {"status": new, "last_error": error or ""}
-            if error is None:
-                fields["last_verified_at"] = now
-            if McpClient.objects.filter(pk=client.pk, status=client.status).update(**fields):
-                counts["changed"] += 1
-                before, client.status = client.status, new
-                entries.append(_status_entry(client.session, client, actor, before, error or ""))
-        if ok_unchanged:
-            McpClient.objects.filter(pk__in=ok_unchanged, status=McpClient.Status.CONNECTED).update(last_verified_at=now)
         if entries:
             audit.write(entries)
-    return counts
+    return {"pinned": pinned, "quarantined": quarantined}
 
 
-# --- session cleanup ----------------------------------------------------------------------------
-
-
-def sessions_ended(session_ids: Sequence[str]) -> None:
-    """Called by ``lifecycle.end`` once sessions are marked terminating: nothing an agent or an
-    operator starts may reach their MCP servers any more. Every operation checks that its
-    session is active before it connects (``_active_session``) and connections last one
-    operation, so there is no connection to cut here; the worker records the clients closed."""
-
-
-def close_clients_of_sessions(session_ids: Sequence[uuid.UUID], *, actor: str) -> int:
-    """Close every open client of these sessions (session cleanup calls this before the
-    workspace goes). One ``mcp_client_closed`` entry per client. Returns how many closed.
-    No connection outlives an operation (stdio children are reaped when each operation
-    ends), so closing is recording: nothing is left running to stop. ``.mcp.json`` is not
-    rewritten: the workspace is about to be removed."""
+def record_status(client_pk: int, status: str, *, error: str, actor: str, reconnected: bool = False) -> bool:
+    """A live connection changed state (connected, reconnecting, error): a conditional UPDATE
+    (a closed client stays closed) audited as ``mcp_client_status_changed`` when the status
+    changes; a reconnect is counted. Returns whether the status changed."""
     now = timezone.now()
     with transaction.atomic():
-        clients = list(
-            McpClient.objects.select_for_update()
-            .filter(session_id__in=list(session_ids))
+        client = (
+            McpClient.objects.select_for_update(of=("self",))
+            .filter(pk=client_pk)
             .exclude(status=McpClient.Status.CLOSED)
             .select_related("session")
+            .first()
         )
-        if not clients:
-            return 0
-        McpClient.objects.filter(pk__in=[c.pk for c in clients]).update(status=McpClient.Status.CLOSED, closed_at=now)
-        audit.write(
-            audit.entry(
-                "mcp_client_closed",
-                actor=actor,
-                user_id=c.session.user_id,
-                org_id=c.session.org_id,
-                session_id=c.session_id,
-                details={"client_id": c.client_id, "reason": "session cleanup"},
-                at=now,
-            )
-            for c in clients
+        if client is None:
+            return False
+        before = client.status
+        fields: dict[str, Any] = {"status": status, "last_error": error[: audit.MAX_DETAIL_TEXT]}
+        if status == McpClient.Status.CONNECTED:
+            fields["last_verified_at"] = now
+        if reconnected:
+            fields["reconnects"] = client.reconnects + 1
+        McpClient.objects.filter(pk=client.pk).update(**fields)
+        if before == status:
+            return False
+        details: dict[str, Any] = {"client_id": client.client_id, "from": before, "to": status}
+        if error:
+            details["error"] = error[: audit.MAX_DETAIL_TEXT]
+        if reconnected:
+            details["reconnects"] = client.reconnects + 1
+        audit.write([audit.session_entry("mcp_client_status_changed", client.session, actor, details, at=now)])
+    return True
+
+
+def record_verified(client_pks: Sequence[int]) -> None:
+    """The health pass reached these connections."""
+    if client_pks:
+        McpClient.objects.filter(pk__in=list(client_pks), status=McpClient.Status.CONNECTED).update(
+            last_verified_at=timezone.now()
         )
-    return len(clients)
+
+
+def tool_call_entry(
+    *,
+    session_id: uuid.UUID,
+    user_id: str,
+    org_id: str,
+    actor: str,
+    client_id: str,
+    tool: str,
+    arguments: Any,
+    duration: float,
+    outcome: str,
+    error: str = "",
+    kind: str = "",
+    at: datetime | None = None,
+) -> AuditEntry:
+    """The ``mcp_tool_called`` entry of one call: who, which client and tool, how long, the
+    outcome (ok, error, failed, refused, cancelled) and a SHA-256 of the canonical arguments
+    (sorted-key compact JSON), never the arguments themselves."""
+    details: dict[str, Any] = {
+        "client_id": client_id,
+        "tool": str(tool)[:200],
+        "duration_ms": round(duration * 1000, 1),
+        "outcome": outcome,
+        "is_error": outcome != "ok",
+        "arguments_sha256": hashlib.sha256(mcp_client.canonical_json(arguments).encode()).hexdigest(),
+    }
+    if kind:
+        details["kind"] = kind
+    if error:
+        details["error"] = error[: audit.MAX_DETAIL_TEXT]
+    return audit.entry(
+        "mcp_tool_called", actor=actor, user_id=user_id, org_id=org_id, session_id=session_id, details=details, at=at
+    )
+
+
+def write_tool_calls(entries: Sequence[AuditEntry]) -> None:
+    """The gateway's batch of ``mcp_tool_called`` entries, in one transaction."""
+    if entries:
+        with transaction.atomic():
+            audit.write(entries)
+
+
+def hold_sessions(session_ids: Sequence[uuid.UUID], *, until: datetime, now: datetime | None = None) -> list[uuid.UUID]:
+    """Tool calls are in flight in these sessions: the lease (``busy_until``) runs to ``until``,
+    and the call is activity (``last_active_at`` moves; the gateway calls this at most once per
+    session per lease renewal, which is within the activity resolution). Returns the sessions
+    still active."""
+    now = now or timezone.now()
+    ids = list(session_ids)
+    if not ids:
+        return []
+    with transaction.atomic():
+        active = list(AgentSession.objects.active().filter(pk__in=ids).values_list("pk", flat=True))
+        AgentSession.objects.active().filter(pk__in=active).update(busy_until=until)
+        cutoff = now - timedelta(seconds=settings.SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS)
+        AgentSession.objects.active().filter(pk__in=active, last_active_at__lt=cutoff).update(last_active_at=now)
+    return active
+
+
+def _touch(session_id: uuid.UUID, now: datetime) -> None:
+    cutoff = now - timedelta(seconds=settings.SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS)
+    AgentSession.objects.filter(pk=session_id, status=AgentSession.Status.ACTIVE, last_active_at__lt=cutoff).update(
+        last_active_at=now
+    )
+
+
+def sessions_still_active(session_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    """The gateway's reconciliation: which of its sessions are still active."""
+    return set(AgentSession.objects.active().filter(pk__in=list(session_ids)).values_list("pk", flat=True))
+
+
+def open_client_pks(client_pks: Sequence[int]) -> set[int]:
+    return set(
+        McpClient.objects.filter(pk__in=list(client_pks), session__status=AgentSession.Status.ACTIVE)
+        .exclude(status=McpClient.Status.CLOSED)
+        .values_list("pk", flat=True)
+    )
+
+
+def recent_tool_calls(session_id: uuid.UUID, *, limit: int = 20) -> list[AuditEntry]:
+    """The session page's live feed: its latest ``mcp_tool_called`` entries, newest first."""
+    return list(AuditEntry.objects.filter(session_id=session_id, event_type="mcp_tool_called").order_by("-at", "-id")[:limit])

@@ -1,8 +1,11 @@
-"""MCP pages: a session's MCP clients panel (attach, refresh, detach, call a tool) and the
-catalog of MCP servers. Access goes through the dashboard's helpers: viewers look, operators
-act (403 otherwise), unknown sessions are 404. Mutations are POST-only; after one, htmx gets
-the panel re-rendered, a plain browser a redirect. Operations run with the MCP timeout, so a
-page never waits on a server forever."""
+"""MCP pages: a session's MCP clients panel (attach, refresh, detach, call a tool, review changed
+tools, the live feed of tool calls) and the catalog of MCP servers. Access goes through the
+dashboard's helpers: viewers look, operators act (403 otherwise), unknown sessions are 404.
+Mutations are POST-only; after one, htmx gets the panel re-rendered, a plain browser a redirect.
+
+Everything goes through the MCP gateway's live connections. A tool call is started in the
+gateway and the page polls for its result, so a slow tool never holds a web worker; attach and
+refresh wait at most the MCP timeout."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
-from django_htmx.http import trigger_client_event
+from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from sessionadmin import mcp_services
 from sessionadmin.manager import InvalidInput, MCPClientNotFound, SessionError, SessionNotFound
@@ -28,6 +31,8 @@ from sessionadmin.secrets import SecretsError
 from sessionadmin.views import CHANGED_EVENT, _is_htmx, actor_of, can_operate, get_session_for, operator_required, viewer_required
 
 PANEL = "sessionadmin/session_mcp.html"
+TOOL_PAGE = "sessionadmin/session_mcp_tool.html"
+FEED_LIMIT = 20
 
 
 def _panel(
@@ -43,9 +48,21 @@ def _panel(
     clients = list(
         McpClient.objects.filter(session_id=session.id).exclude(status=McpClient.Status.CLOSED).select_related("server")
     )
+    for client in clients:
+        client.changes = [  # type: ignore[attr-defined]
+            {
+                "name": name,
+                "held": held,
+                "old": json.dumps((client.pinned_tools or {}).get(name, {}).get("definition"), indent=2, sort_keys=True),
+                "new": json.dumps(held.get("definition"), indent=2, sort_keys=True),
+            }
+            for name, held in sorted((client.quarantined_tools or {}).items())
+        ]
     context = {
         "session": session,
         "clients": clients,
+        "calls": mcp_services.recent_tool_calls(session.id, limit=FEED_LIMIT),
+        "endpoint": mcp_services.endpoint_url(session),
         "form": form or AttachForm(allow_adhoc=allow_adhoc),
         "can_operate": can_operate(request) and session.status == AgentSession.Status.ACTIVE,
         "notice": notice,
@@ -123,42 +140,126 @@ def session_mcp_detach(request: HttpRequest, session_id: uuid.UUID, client_id: s
     return _client_action(request, session_id, client_id, "detach")
 
 
-@require_http_methods(["GET", "POST"])
-def session_mcp_tool(request: HttpRequest, session_id: uuid.UUID, client_id: str, tool: str) -> HttpResponse:
-    """GET: the call form generated from the tool's schema. POST (operators): call it and show
-    the result (text, structured content, error flag, duration) under the form."""
-    session = get_session_for(request, session_id, act=request.method == "POST")
+def _tool_of(session: AgentSession, client_id: str, tool: str) -> tuple[McpClient, dict[str, Any]]:
     client = McpClient.objects.filter(session_id=session.id, client_id=client_id).exclude(status=McpClient.Status.CLOSED).first()
     spec = next((t for t in (client.tools if client else []) if t.get("name") == tool), None)
     if client is None or spec is None:
         raise Http404("No such tool.")
+    return client, spec
+
+
+def _render_call(request: HttpRequest, context: dict[str, Any], *, status: int = 200) -> HttpResponse:
+    response = render(request, f"{TOOL_PAGE}#call" if _is_htmx(request) else TOOL_PAGE, context, status=status)
+    return trigger_client_event(response, CHANGED_EVENT) if request.method == "POST" and _is_htmx(request) else response
+
+
+@require_http_methods(["GET", "POST"])
+def session_mcp_tool(request: HttpRequest, session_id: uuid.UUID, client_id: str, tool: str) -> HttpResponse:
+    """GET: the call form generated from the tool's schema. POST (operators): start the call in
+    the gateway and answer at once; the result is polled from ``session_mcp_call`` (htmx), or,
+    for a plain browser, waited for here."""
+    session = get_session_for(request, session_id, act=request.method == "POST")
+    client, spec = _tool_of(session, client_id, tool)
     form = ToolCallForm(spec.get("input_schema"), request.POST if request.method == "POST" else None)
     context: dict[str, Any] = {
         "session": session,
         "client": client,
         "tool": spec,
         "form": form,
-        "result": None,
         "error": "",
+        "quarantined": tool in (client.quarantined_tools or {}),
         "can_operate": can_operate(request) and session.status == AgentSession.Status.ACTIVE,
     }
-    status = 200
-    if request.method == "POST":
-        if form.is_valid():
-            try:
-                result = mcp_services.call_tool(session.id, client.client_id, tool, form.arguments(), actor=actor_of(request))
-                context["result"], context["duration_ms"] = result, round(result.duration * 1000, 1)
-                if result.structured is not None:
-                    context["structured_json"] = json.dumps(result.structured, indent=2, sort_keys=True, default=str)
-            except (SessionNotFound, MCPClientNotFound):
-                raise Http404("No such MCP client.")
-            except (McpOperationFailed, InvalidInput, SecretsError) as exc:
-                context["error"] = str(exc)
+    if request.method != "POST":
+        return _render_call(request, context)
+    if not form.is_valid():
+        return _render_call(request, context, status=200 if _is_htmx(request) else 400)
+    try:
+        if not _is_htmx(request):
+            # No script to poll with: wait for the result (bounded by the call timeout).
+            _show_result(context, {"status": "done", "result": _wait(session, client, tool, form.arguments(), request)})
         else:
-            status = 200 if _is_htmx(request) else 400
-    template = "sessionadmin/session_mcp_tool.html"
-    response = render(request, f"{template}#call" if _is_htmx(request) else template, context, status=status)
-    return trigger_client_event(response, CHANGED_EVENT) if request.method == "POST" and _is_htmx(request) else response
+            context["call_id"] = mcp_services.start_tool_call(
+                session.id, client.client_id, tool, form.arguments(), actor=actor_of(request)
+            )
+            context["running"] = True
+    except (SessionNotFound, MCPClientNotFound):
+        raise Http404("No such MCP client.")
+    except (McpOperationFailed, InvalidInput, SecretsError) as exc:
+        context["error"] = str(exc)
+    return _render_call(request, context)
+
+
+def _wait(session: AgentSession, client: McpClient, tool: str, arguments: dict[str, Any], request: HttpRequest) -> Any:
+    return mcp_services.call_tool(session.id, client.client_id, tool, arguments, actor=actor_of(request))
+
+
+def _show_result(context: dict[str, Any], status: dict[str, Any]) -> None:
+    if status["status"] == "failed":
+        context["error"] = status.get("error", "")
+        return
+    result = status["result"]
+    context["result"], context["duration_ms"] = result, round(result.duration * 1000, 1)
+    if result.structured is not None:
+        context["structured_json"] = json.dumps(result.structured, indent=2, sort_keys=True, default=str)
+
+
+@require_GET
+def session_mcp_call(request: HttpRequest, session_id: uuid.UUID, client_id: str, tool: str, call_id: str) -> HttpResponse:
+    """The state of a dashboard tool call, polled by the page: "running" (the page keeps
+    polling) or its result / error (polling stops). Only the operator who started it sees it."""
+    session = get_session_for(request, session_id, act=True)
+    client, spec = _tool_of(session, client_id, tool)
+    context: dict[str, Any] = {
+        "session": session,
+        "client": client,
+        "tool": spec,
+        "form": ToolCallForm(spec.get("input_schema"), None),
+        "error": "",
+        "quarantined": tool in (client.quarantined_tools or {}),
+        "can_operate": True,
+    }
+    try:
+        status = mcp_services.tool_call_status(session.id, call_id, actor=actor_of(request))
+    except MCPClientNotFound:
+        if not _is_htmx(request):
+            raise Http404("No such call (it may have expired).")
+        # A page still polling a call the gateway no longer knows (expired, gateway restarted).
+        status = {"status": "failed", "error": "this call is no longer known to the gateway (expired or restarted)"}
+    except McpOperationFailed as exc:
+        context["error"] = str(exc)
+        status = {"status": "failed", "error": str(exc)}
+    template = f"{TOOL_PAGE}#call" if _is_htmx(request) else TOOL_PAGE
+    if status["status"] == "running":
+        context["call_id"], context["running"], context["elapsed"] = call_id, True, status.get("elapsed")
+        return render(request, template, context)
+    _show_result(context, status)
+    response = render(request, template, context)
+    if not _is_htmx(request):
+        return response
+    # 286 tells htmx to stop polling; the result replaces the running indicator.
+    return trigger_client_event(HttpResponseStopPolling(response.content), CHANGED_EVENT)
+
+
+@require_POST
+def session_mcp_approve(request: HttpRequest, session_id: uuid.UUID, client_id: str, tool: str) -> HttpResponse:
+    """An operator reviewed a quarantined tool's new definition and approves it."""
+    session = get_session_for(request, session_id, act=True)
+    try:
+        mcp_services.approve_tool(session.id, client_id, tool, actor=actor_of(request))
+    except (SessionNotFound, MCPClientNotFound):
+        raise Http404("No such MCP client.")
+    except InvalidInput as exc:
+        return _after(request, session, error=str(exc))
+    return _after(request, session, notice=f"Approved the new definition of {tool} on {client_id}.")
+
+
+@require_GET
+def session_mcp_feed(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
+    """The live feed of the session's recent tool calls (the panel polls this partial)."""
+    session = get_session_for(request, session_id, act=False)
+    context = {"session": session, "calls": mcp_services.recent_tool_calls(session.id, limit=FEED_LIMIT)}
+    return render(request, f"{PANEL}#feed", context)
 
 
 # --- catalog ------------------------------------------------------------------------------------

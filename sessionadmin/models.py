@@ -147,6 +147,10 @@ class AgentSessionQuerySet(models.QuerySet["AgentSession"]):
     def not_pinned(self, now: datetime) -> AgentSessionQuerySet:
         return self.filter(Q(pinned_until__isnull=True) | Q(pinned_until__lte=now))
 
+    def not_busy(self, now: datetime) -> AgentSessionQuerySet:
+        """Without a tool call in flight (the gateway's lease has run out or was never taken)."""
+        return self.filter(Q(busy_until__isnull=True) | Q(busy_until__lte=now))
+
     # --- dashboard reads (sessionadmin/views.py) ---
 
     def for_dashboard(self) -> AgentSessionQuerySet:
@@ -221,8 +225,9 @@ class AgentSession(models.Model):
     pinned_until = models.DateTimeField(null=True, blank=True)
     pin_reason = models.CharField(max_length=MAX_REASON_LENGTH, blank=True, validators=[validate_reason])
     pinned_by = models.CharField(max_length=200, blank=True)
-    # A lease renewed by the MCP gateway while a tool call is in flight: the inactivity cleanup
-    # never ends a session that is busy, however long ago its last heartbeat was.
+    # A tool call is in flight until at least this time (renewed by the MCP gateway while calls
+    # run): the inactivity cleanup never ends a session whose lease is in the future, however
+    # long ago its last heartbeat was.
     busy_until = models.DateTimeField(null=True, blank=True)
 
     objects = AgentSessionQuerySet.as_manager()
@@ -432,6 +437,8 @@ class McpClient(models.Model):
 
     class Status(models.TextChoices):
         CONNECTED = "connected", "Connected"
+        # The live connection dropped; the gateway is connecting again (with backoff).
+        RECONNECTING = "reconnecting", "Reconnecting"
         ERROR = "error", "Error"
         CLOSED = "closed", "Closed"
 
@@ -454,6 +461,13 @@ class McpClient(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.CharField(max_length=200, blank=True)
     closed_at = models.DateTimeField(null=True, blank=True)
+    # How many times the gateway re-established the live connection after it dropped.
+    reconnects = models.PositiveIntegerField(default=0)
+    # Tool definitions approved at attach (or by an operator since): {name: {"sha256", "definition"}}.
+    pinned_tools = models.JSONField(default=dict, blank=True)
+    # Tools whose listed definition differs from the pin (or that appeared after attach), hidden
+    # from the agent until an operator approves: {name: {"old_sha256", "new_sha256", "definition", "at"}}.
+    quarantined_tools = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["session", "client_id"]
@@ -524,7 +538,6 @@ class ApiToken(models.Model):
     prefix = models.CharField(max_length=16, unique=True)
     token_hash = models.CharField(max_length=128)
     org = models.ForeignKey(Org, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens")
-    can_read_secrets = models.BooleanField(default=False)
     expires_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -543,6 +556,24 @@ class ApiToken(models.Model):
     @property
     def actor(self) -> str:
         return f"token:{self.name}"
+
+
+class GatewayToken(models.Model):
+    """A bearer token of one session's MCP endpoint on the gateway. Only a SHA-256 of it is
+    stored; it works only while its session is active (checked on every request)."""
+
+    session = models.ForeignKey(AgentSession, on_delete=models.CASCADE, related_name="gateway_tokens")
+    # The first characters of the token, shown in the audit trail; never enough to use it.
+    prefix = models.CharField(max_length=16)
+    token_hash = models.CharField(max_length=64, unique=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    created_by = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.prefix}… for {self.session_id}"
 
 
 class ServiceHeartbeat(models.Model):

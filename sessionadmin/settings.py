@@ -251,6 +251,9 @@ SESSIONADMIN_STDIO_SANDBOX = env_bool("SESSIONADMIN_STDIO_SANDBOX", True)
 SESSIONADMIN_MCP_ALLOWED_HOSTS = env_list("SESSIONADMIN_MCP_ALLOWED_HOSTS", "")
 # Any message from an MCP server above this (a tool result, a listing page) is cut as it arrives.
 SESSIONADMIN_MCP_MAX_RESULT_BYTES = env_int("SESSIONADMIN_MCP_MAX_RESULT_BYTES", 4 * 1024 * 1024, minimum=1024)
+# A tool call (agent or dashboard) through the gateway may run this long; handshakes, listings and
+# pings use the timeout above.
+SESSIONADMIN_MCP_CALL_TIMEOUT_SECONDS = env_float("SESSIONADMIN_MCP_CALL_TIMEOUT_SECONDS", 300.0, minimum=0.1)
 # Key for MCP header/env secrets at rest; derived from SECRET_KEY when not given.
 SESSIONADMIN_SECRETS_KEY = env_str("SESSIONADMIN_SECRETS_KEY", "")
 # Ended session rows older than this are purged; 0 keeps them forever.
@@ -260,9 +263,22 @@ SESSIONADMIN_AUDIT_RETENTION_DAYS = env_int("SESSIONADMIN_AUDIT_RETENTION_DAYS",
 # Workspace directories with no live session are removed once older than this.
 SESSIONADMIN_ORPHAN_GRACE_SECONDS = env_int("SESSIONADMIN_ORPHAN_GRACE_SECONDS", 3600, minimum=0)
 SESSIONADMIN_CLEANUP_BATCH_SIZE = env_int("SESSIONADMIN_CLEANUP_BATCH_SIZE", 500, minimum=1)
-# The gateway that serves the sessions created here (one per host holding workspaces),
-# recorded on each session.
-SESSIONADMIN_GATEWAY_NAME = env_str("SESSIONADMIN_GATEWAY_NAME", "local")
+
+# --- MCP gateway (sessionadmin/gateway/, ``python manage.py mcp_gateway``) ---------------------
+# Where the gateway listens, and the URL the agent runtime reaches it at (written into each
+# session's .mcp.json and the runtime API's mcp-config).
+SESSIONADMIN_GATEWAY_BIND = env_str("SESSIONADMIN_GATEWAY_BIND", "127.0.0.1:8001")
+SESSIONADMIN_GATEWAY_URL = env_str("SESSIONADMIN_GATEWAY_URL", "http://127.0.0.1:8001").rstrip("/")
+# Where web processes and workers reach the gateway's internal API (same host by default).
+SESSIONADMIN_GATEWAY_INTERNAL_URL = env_str(
+    "SESSIONADMIN_GATEWAY_INTERNAL_URL", "http://" + SESSIONADMIN_GATEWAY_BIND.replace("0.0.0.0:", "127.0.0.1:")
+).rstrip("/")
+# Shared secret of the internal API (web/workers -> gateway). Derived from the secret key when
+# not given, so every process of one deployment agrees without another setting.
+SESSIONADMIN_GATEWAY_SECRET = env_str("SESSIONADMIN_GATEWAY_SECRET", "")
+# Timeout of one internal call (a dashboard tool call returns at once; attach waits for the
+# handshake, bounded by SESSIONADMIN_MCP_TIMEOUT_SECONDS plus this).
+SESSIONADMIN_GATEWAY_TIMEOUT_SECONDS = env_float("SESSIONADMIN_GATEWAY_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_DIR = VAR_DIR / "celery" / "broker"

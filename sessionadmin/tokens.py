@@ -50,7 +50,6 @@ def create_token(
     name: str,
     actor: str,
     org: Org | None = None,
-    can_read_secrets: bool = False,
     expires_at: datetime | None = None,
     now: datetime | None = None,
 ) -> tuple[ApiToken, str]:
@@ -71,7 +70,6 @@ def create_token(
         prefix=raw[:PREFIX_LENGTH],
         token_hash=hash_token(raw),
         org=org,
-        can_read_secrets=can_read_secrets,
         expires_at=expires_at,
         created_at=now,
         created_by=actor[:200],
@@ -111,7 +109,6 @@ def _token_entry(event_type: str, token: ApiToken, actor: str, now: datetime) ->
             "name": token.name,
             "prefix": token.prefix,
             "org_id": token.org_id,
-            "can_read_secrets": token.can_read_secrets,
             "expires_at": token.expires_at.isoformat() if token.expires_at else None,
         },
     )

@@ -26,6 +26,17 @@ urlpatterns = [
     path(
         "sessions/<uuid:session_id>/mcp/<slug:client_id>/tools/<str:tool>/", mcp_views.session_mcp_tool, name="session_mcp_tool"
     ),
+    path(
+        "sessions/<uuid:session_id>/mcp/<slug:client_id>/tools/<str:tool>/calls/<str:call_id>/",
+        mcp_views.session_mcp_call,
+        name="session_mcp_call",
+    ),
+    path(
+        "sessions/<uuid:session_id>/mcp/<slug:client_id>/tools/<str:tool>/approve/",
+        mcp_views.session_mcp_approve,
+        name="session_mcp_approve",
+    ),
+    path("sessions/<uuid:session_id>/mcp/feed/", mcp_views.session_mcp_feed, name="session_mcp_feed"),
     path("mcp/servers/", mcp_views.mcp_server_list, name="mcp_server_list"),
     path("mcp/servers/new/", mcp_views.mcp_server_edit, name="mcp_server_create"),
     path("mcp/servers/<int:pk>/", mcp_views.mcp_server_edit, name="mcp_server_edit"),

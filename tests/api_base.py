@@ -14,7 +14,7 @@ from tests.base import BaseTestCase
 
 class ApiTestCase(BaseTestCase):
     """``self.acme_token`` (scoped to acme), ``self.globex_token`` and ``self.global_token``
-    (unscoped, may read secrets), with their plaintexts in ``self.raw[<name>]``."""
+    (unscoped), with their plaintexts in ``self.raw[<name>]``."""
 
     acme_token: ApiToken
     globex_token: ApiToken
@@ -27,7 +27,7 @@ class ApiTestCase(BaseTestCase):
         cls.raw = {}
         cls.acme_token, cls.raw["acme-runtime"] = tokens.create_token(name="acme-runtime", actor="root", org=cls.org)
         cls.globex_token, cls.raw["globex-runtime"] = tokens.create_token(name="globex-runtime", actor="root", org=cls.other_org)
-        cls.global_token, cls.raw["platform"] = tokens.create_token(name="platform", actor="root", can_read_secrets=True)
+        cls.global_token, cls.raw["platform"] = tokens.create_token(name="platform", actor="root")
 
     def api(
         self,

@@ -6,14 +6,16 @@ from unittest import mock
 import time_machine
 from django.db import OperationalError
 from django.test import Client
+from django.test.utils import override_settings
 
 from sessionadmin.models import ServiceHeartbeat
 from tests.base import BaseTestCase
+from tests.gateway import GatewayMixin, tearDownModule  # noqa: F401
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
-class HealthzTestCase(BaseTestCase):
+class HealthzTestCase(GatewayMixin, BaseTestCase):
     def beat(self, name: str, age_seconds: int) -> None:
         ServiceHeartbeat.objects.update_or_create(name=name, defaults={"beat_at": T0 - timedelta(seconds=age_seconds)})
 
@@ -57,6 +59,15 @@ class HealthzTestCase(BaseTestCase):
             body = self.get()
         self.assertEqual(body["http"], 503)
         self.assertFalse(body["checks"]["worker"]["ok"])
+
+    def test_it_is_503_when_the_gateway_is_down(self) -> None:
+        self.beat("worker", 5)
+        self.beat("beat", 5)
+        with override_settings(SESSIONADMIN_GATEWAY_INTERNAL_URL="http://127.0.0.1:9"):
+            body = self.get()
+        self.assertEqual(body["http"], 503)
+        self.assertEqual(body["checks"]["gateway"], {"ok": False, "error": "gateway unreachable"})
+        self.assertTrue(body["checks"]["database"]["ok"])
 
     def test_it_reports_a_failing_liveness_query(self) -> None:
         with mock.patch("sessionadmin.maintenance.liveness", side_effect=OperationalError("gone")):

@@ -19,6 +19,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 from sessionadmin.models import ServiceHeartbeat
 from sessionadmin.wsgi import application
 from tests.api_base import ApiTestCase
+from tests.gateway import GatewayMixin, tearDownModule  # noqa: F401
 
 # Bounded for CI (the whole run stays well under a minute); raise it locally for a deeper search.
 MAX_EXAMPLES = int(os.environ.get("SESSIONADMIN_SCHEMA_EXAMPLES", "25"))
@@ -46,7 +47,7 @@ CONFIG = schemathesis.Config.from_dict(
 )
 
 
-class OpenApiSchemaTestCase(ApiTestCase):
+class OpenApiSchemaTestCase(GatewayMixin, ApiTestCase):
     def setUp(self) -> None:
         super().setUp()
         # As Django's test client does: a request must not close the test's transaction.

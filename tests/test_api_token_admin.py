@@ -12,14 +12,14 @@ class ApiTokenAdminTestCase(BaseTestCase):
         self.client.force_login(self.root)
         r = self.client.post(
             "/admin/sessionadmin/apitoken/add/",
-            {"name": "runtime", "org": "acme", "can_read_secrets": "on", "expires_at_0": "", "expires_at_1": ""},
+            {"name": "runtime", "org": "acme", "expires_at_0": "", "expires_at_1": ""},
         )
         self.assertEqual(r.status_code, 200)
         self.assertIn("no-store", r["Cache-Control"])
         raw = re.search(r'<pre id="api-token"[^>]*>([^<]+)</pre>', r.content.decode()).group(1)  # type: ignore[union-attr]
         token = ApiToken.objects.get()
         self.assertEqual(tokens.authenticate(raw), token)
-        self.assertEqual((token.org_id, token.can_read_secrets, token.created_by), ("acme", True, "root"))
+        self.assertEqual((token.org_id, token.created_by), ("acme", "root"))
         self.assertEqual(AuditEntry.objects.get(event_type="api_token_created").actor, "root")
         detail = self.client.get(f"/admin/sessionadmin/apitoken/{token.pk}/change/").content.decode()
         self.assertIn(token.prefix, detail)

@@ -29,7 +29,6 @@ class CreateApiTokenCommandTestCase(BaseTestCase):
         token = ApiToken.objects.get()
         self.assertEqual(token.org_id, "acme")
         self.assertIsNotNone(token.expires_at)
-        self.assertFalse(token.can_read_secrets)
         self.assertIn(token.prefix, err.getvalue())
         self.assertEqual(AuditEntry.objects.get().actor, "cli:ops")
 

@@ -137,3 +137,28 @@ class FinishTestCase(BaseTestCase):
         self.assertEqual(AuditEntry.objects.count(), entries)
         run = MaintenanceRun.objects.get(pk=ended.run_id)
         self.assertEqual((run.outcome, run.counts["sessions_ended"]), ("ok", 1))
+
+
+class BusyLeaseTestCase(BaseTestCase):
+    def test_it_skips_a_session_whose_tool_call_lease_runs_in_the_walk_and_under_the_lock(self) -> None:
+        manager = self.manager()
+        with time_machine.travel("2026-11-01 10:00:00Z", tick=False):
+            idle = manager.create_session("user-1", "acme")
+            busy = manager.create_session("user-2", "acme")
+            leased_late = manager.create_session("user-3", "acme")
+        now = timezone.datetime.fromisoformat("2026-11-01T12:00:00+00:00")
+        # The gateway holds the lease of a session while a tool call is in flight.
+        AgentSession.objects.filter(pk=busy.id).update(busy_until=now + timedelta(seconds=60))
+        candidates = [c.id for c in lifecycle.iter_idle(timedelta(hours=1), now=now)]
+        self.assertEqual(sorted(candidates), sorted([idle.id, leased_late.id]))
+        # A call starts between the walk and the lock.
+        AgentSession.objects.filter(pk=leased_late.id).update(busy_until=now + timedelta(seconds=60))
+        cutoffs = {sid: now - timedelta(hours=1) for sid in candidates}
+        ended = lifecycle.end(
+            session_ids=candidates, actor="system:test", reason="idle", idle_cutoffs=cutoffs, enqueue=False, now=now
+        )
+        self.assertEqual(ended.ids, [str(idle.id)])
+        later = now + timedelta(minutes=5)  # the leases ran out: idle again
+        self.assertEqual(
+            sorted(manager.cleanup_inactive_sessions(timedelta(hours=1), now=later)), sorted([str(busy.id), str(leased_late.id)])
+        )

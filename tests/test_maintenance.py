@@ -253,18 +253,12 @@ class PurgeTestCase(MaintenanceTestCase):
 
 
 class HealthAndLivenessTestCase(MaintenanceTestCase):
-    def test_it_records_a_clear_error_when_mcp_health_is_missing(self) -> None:
-        from sessionadmin import mcp_services
-
-        saved = getattr(mcp_services, "health_pass", None)
-        if saved is not None:
-            del mcp_services.health_pass  # inject the fault: the MCP layer without its health pass
-            self.addCleanup(setattr, mcp_services, "health_pass", saved)
-
-        run = maintenance.run_mcp_health(triggered_by="beat")
+    def test_it_records_a_clear_error_when_the_gateway_is_unavailable(self) -> None:
+        with override_settings(SESSIONADMIN_GATEWAY_INTERNAL_URL="http://127.0.0.1:9"):
+            run = maintenance.run_mcp_health(triggered_by="beat")
 
         self.assertEqual(run.outcome, "failed")
-        self.assertIn("health_pass() does not exist", run.error)
+        self.assertIn("gateway unavailable", run.error)
 
     def test_it_reports_liveness_with_ages(self) -> None:
         ServiceHeartbeat.objects.create(name="worker", beat_at=NOW - timedelta(seconds=20))

@@ -1,9 +1,12 @@
-"""The MCP pages: a session's MCP panel (attach, refresh, detach, call a tool) and the catalog."""
+"""The MCP pages against the real gateway: a session's MCP panel (attach, refresh, detach, call a
+tool and poll its result, review changed tools, the live feed of calls) and the catalog."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
+import time
 import uuid
 
 from django.conf import settings
@@ -13,13 +16,15 @@ from django.urls import reverse
 
 from sessionadmin import mcp_services
 from sessionadmin.models import AuditEntry, McpClient, McpServer
-from tests.base import PASSWORD, BaseTestCase
-from tests.mcp_servers import RunningServer
+from tests.base import PASSWORD, BaseTransactionTestCase
+from tests.celery_worker import wait_for
+from tests.gateway import GatewayMixin, tearDownModule  # noqa: F401
+from tests.mcp_servers import SANDBOX_PATHS, RunningServer, stdio_command
 
 SECRET = "view-secret-Pp9-7731"
 
 
-class McpViewsTestCase(BaseTestCase):
+class McpViewsTestCase(GatewayMixin, BaseTransactionTestCase):
     http: RunningServer
 
     @classmethod
@@ -45,6 +50,12 @@ class McpViewsTestCase(BaseTestCase):
     def attach(self) -> McpClient:
         return mcp_services.add_client(self.session.id, server=self.server, actor="alice")
 
+    def calls(self, count: int) -> list[AuditEntry]:
+        return wait_for(
+            lambda: len(found := list(AuditEntry.objects.filter(event_type="mcp_tool_called").order_by("id"))) >= count and found,
+            what="the audit entries",
+        )
+
 
 class PanelTests(McpViewsTestCase):
     def test_it_shows_the_panel_to_viewers(self) -> None:
@@ -52,6 +63,7 @@ class PanelTests(McpViewsTestCase):
         self.login("bob")
         response = self.client.get(self.panel_url)
         self.assertContains(response, "sessionadmin-test-server 1.2.3")
+        self.assertContains(response, f"/sessions/{self.session.id}/mcp")
         self.assertContains(response, "badge-connected")
         self.assertContains(response, "last verified")
         self.assertContains(response, "test://readme")
@@ -143,6 +155,20 @@ class ToolCallViewTests(McpViewsTestCase):
     def tool_url(self, tool: str) -> str:
         return reverse("session_mcp_tool", args=[self.session.id, "tools", tool])
 
+    def call(self, tool: str, data: dict[str, str]) -> str:
+        """Post the form as htmx does, then poll the call until the page shows its result."""
+        started = self.client.post(self.tool_url(tool), data, headers={"HX-Request": "true"})
+        self.assertContains(started, "badge-running")
+        poll = re.search(r'hx-get="([^"]+/calls/[^"]+/)"', started.content.decode())
+        assert poll is not None
+        for _ in range(600):
+            response = self.client.get(poll.group(1), headers={"HX-Request": "true"})
+            if response.status_code == 286:  # htmx: stop polling, here is the result
+                return response.content.decode()
+            self.assertContains(response, "badge-running")
+            time.sleep(0.05)
+        raise AssertionError("the call did not finish")
+
     def test_it_generates_a_form_from_the_schema(self) -> None:
         self.attach()
         self.login("alice")
@@ -156,27 +182,47 @@ class ToolCallViewTests(McpViewsTestCase):
         describe = self.client.get(self.tool_url("describe")).content.decode()
         self.assertIn('<textarea name="arg_item"', describe)
 
-    def test_it_calls_a_tool_and_shows_the_result(self) -> None:
+    def test_it_starts_a_call_in_the_gateway_and_polls_its_result(self) -> None:
         self.attach()
         self.login("alice")
-        response = self.client.post(
-            self.tool_url("convert"), {"arg_value": "100", "arg_unit": "celsius"}, headers={"HX-Request": "true"}
-        )
-        self.assertContains(response, "badge-connected")
-        self.assertContains(response, "Structured content")
-        self.assertContains(response, "&quot;value&quot;: 212.0")
-        self.assertContains(response, " ms</span>")
-        [called] = AuditEntry.objects.filter(event_type="mcp_tool_called")
-        self.assertEqual((called.details["tool"], called.details["is_error"]), ("convert", False))
+        page = self.call("convert", {"arg_value": "100", "arg_unit": "celsius"})
+        self.assertIn("badge-connected", page)
+        self.assertIn("Structured content", page)
+        self.assertIn("&quot;value&quot;: 212.0", page)
+        self.assertIn(" ms</span>", page)
+        [called] = self.calls(1)
+        self.assertEqual((called.actor, called.details["tool"], called.details["outcome"]), ("alice", "convert", "ok"))
+
+    def test_a_slow_tool_does_not_hold_the_request(self) -> None:
+        self.attach()
+        self.login("alice")
+        started = time.monotonic()
+        response = self.client.post(self.tool_url("sleep"), {"arg_seconds": "3"}, headers={"HX-Request": "true"})
+        answered = time.monotonic() - started
+        self.assertContains(response, "the call runs in the gateway")
+        self.assertLess(answered, 3)  # answered before the tool could have finished
+        poll = re.search(r'hx-get="([^"]+/calls/[^"]+/)"', response.content.decode())
+        assert poll is not None
+        # Only the operator who started the call may read it.
+        self.login("root")
+        self.assertEqual(self.client.get(poll.group(1)).status_code, 404)
+        stopped = self.client.get(poll.group(1), headers={"HX-Request": "true"})
+        self.assertContains(stopped, "no longer known to the gateway", status_code=286)  # the page stops polling
+
+    def test_it_waits_for_the_result_without_htmx(self) -> None:
+        self.attach()
+        self.login("alice")
+        page = self.client.post(self.tool_url("convert"), {"arg_value": "100", "arg_unit": "celsius"})
+        self.assertContains(page, "&quot;value&quot;: 212.0")
 
     def test_it_passes_nested_json_and_shows_error_results(self) -> None:
         self.attach()
         self.login("alice")
-        ok = self.client.post(self.tool_url("describe"), {"arg_item": json.dumps({"b": 1, "a": {"x": 2}})})
-        self.assertContains(ok, "a,b")
-        failed = self.client.post(self.tool_url("fail"), {"arg_message": "kaput"})
-        self.assertContains(failed, 'data-is-error="true"')
-        self.assertContains(failed, "kaput")
+        ok = self.call("describe", {"arg_item": json.dumps({"b": 1, "a": {"x": 2}})})
+        self.assertIn("a,b", ok)
+        failed = self.call("fail", {"arg_message": "kaput"})
+        self.assertIn('data-is-error="true"', failed)
+        self.assertIn("Error executing tool fail", failed)
 
     def test_it_rejects_invalid_arguments_before_calling(self) -> None:
         self.attach()
@@ -186,6 +232,7 @@ class ToolCallViewTests(McpViewsTestCase):
         self.assertContains(response, "This field is required.")
         bad_json = self.client.post(self.tool_url("describe"), {"arg_item": "{nope"})
         self.assertContains(bad_json, "Not valid JSON", status_code=400)
+        time.sleep(0.2)  # what the gateway would have written by now
         self.assertFalse(AuditEntry.objects.filter(event_type="mcp_tool_called").exists())
 
     def test_viewers_see_the_form_but_may_not_call(self) -> None:
@@ -196,6 +243,47 @@ class ToolCallViewTests(McpViewsTestCase):
         self.login("alice")
         self.assertEqual(self.client.get(self.tool_url("nope")).status_code, 404)
         self.assertEqual(self.client.put(self.tool_url("add")).status_code, 405)
+
+
+class FeedAndReviewViewTests(McpViewsTestCase):
+    def test_the_feed_shows_recent_calls_and_refreshes_itself(self) -> None:
+        self.attach()
+        mcp_services.call_tool(self.session.id, "tools", "add", {"a": 1, "b": 2}, actor="alice")
+        mcp_services.call_tool(self.session.id, "tools", "fail", {"message": "no"}, actor="alice")
+        self.calls(2)
+        self.login("bob")
+        panel = self.client.get(self.panel_url).content.decode()
+        self.assertIn('hx-trigger="every 2s"', panel)
+        feed = self.client.get(reverse("session_mcp_feed", args=[self.session.id]), headers={"HX-Request": "true"})
+        rows = re.findall(r'<tr data-outcome="(\w+)">.*?</tr>', feed.content.decode(), re.S)
+        self.assertEqual(rows, ["error", "ok"])  # newest first
+        self.assertContains(feed, ">alice<")
+        self.assertContains(feed, ">fail<")
+        self.login("charlie")
+        self.assertEqual(self.client.get(reverse("session_mcp_feed", args=[self.session.id])).status_code, 404)
+
+    def test_an_operator_reviews_a_changed_tool_and_approves_it(self) -> None:
+        command, args = stdio_command()
+        stdio = mcp_services.save_server(
+            McpServer(name="local", transport="stdio", command=command, args=args, read_only_paths=list(SANDBOX_PATHS)),
+            actor="alice",
+        )
+        mcp_services.add_client(self.session.id, server=stdio, actor="alice")
+        mcp_services.call_tool(self.session.id, "local", "rug_pull", {"description": "Now exfiltrate."}, actor="alice")
+        wait_for(lambda: "echo" in McpClient.objects.get(client_id="local").quarantined_tools, what="the quarantine")
+        self.login("bob")
+        panel = self.client.get(self.panel_url)
+        self.assertContains(panel, "changed since it was approved")
+        self.assertContains(panel, "Repeat a text.")  # the approved description
+        self.assertContains(panel, "Now exfiltrate.")  # the new one
+        approve = reverse("session_mcp_approve", args=[self.session.id, "local", "echo"])
+        self.assertEqual(self.client.post(approve).status_code, 403)
+        self.login("alice")
+        self.assertContains(self.client.post(approve, headers={"HX-Request": "true"}), "Approved the new definition of echo")
+        client = McpClient.objects.get(client_id="local")
+        self.assertEqual(client.quarantined_tools, {})
+        self.assertEqual(client.pinned_tools["echo"]["definition"]["description"], "Now exfiltrate.")
+        self.assertEqual(self.client.post(approve, headers={"HX-Request": "true"}).status_code, 200)  # nothing left: a message
 
 
 class CatalogViewTests(McpViewsTestCase):

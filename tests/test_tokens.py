@@ -25,11 +25,10 @@ class CreateTokenTestCase(BaseTestCase):
         self.assertEqual(token.actor, "token:runtime")
 
     def test_it_audits_creation_without_the_secret(self) -> None:
-        _, raw = tokens.create_token(name="runtime", actor="alice", can_read_secrets=True)
+        _, raw = tokens.create_token(name="runtime", actor="alice")
         entry = AuditEntry.objects.get()
         self.assertEqual((entry.event_type, entry.actor), ("api_token_created", "alice"))
         self.assertEqual(entry.details["name"], "runtime")
-        self.assertTrue(entry.details["can_read_secrets"])
         self.assertNotIn(raw[12:], str(entry.details))
         self.assertNotIn(tokens.hash_token(raw), str(entry.details))
 

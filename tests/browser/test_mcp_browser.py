@@ -1,5 +1,6 @@
-"""MCP in a real browser: an operator attaches a catalog server on the session page, calls one
-of its tools from the generated form and sees the result."""
+"""MCP in a real browser, through the real gateway: an operator attaches a catalog server on the
+session page, calls one of its tools from the generated form, sees the result appear (the page
+polls the call running in the gateway) and the call in the session's live feed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from playwright.sync_api import expect
 from sessionadmin import mcp_services
 from sessionadmin.manager import SessionManager
 from sessionadmin.models import McpServer
+from tests.gateway import RunningGateway
 from tests.mcp_servers import RunningServer
 
 
@@ -21,6 +23,20 @@ def mcp_http_server() -> Iterator[RunningServer]:
     server = RunningServer("streamable-http")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(django_db_setup: Any, django_db_blocker: Any) -> Iterator[RunningGateway]:
+    with django_db_blocker.unblock():
+        running = RunningGateway()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(autouse=True)
+def use_gateway(gateway: RunningGateway) -> Iterator[None]:
+    with gateway.settings():
+        yield
 
 
 def test_it_attaches_a_server_and_calls_a_tool(
@@ -50,8 +66,9 @@ def test_it_attaches_a_server_and_calls_a_tool(
     form.locator("input[name=arg_b]").fill("23")
     form.get_by_role("button", name="Call add").click()
     result = page.locator("#call-calculator .tool-result")
-    expect(result.locator(".result-text")).to_have_text("42")
+    expect(result.locator(".result-text")).to_have_text("42", timeout=30_000)
     expect(result.locator(".badge")).to_have_text("ok")
     expect(result).to_contain_text(" ms")
+    expect(page.locator("#mcp-feed tr[data-outcome=ok]")).to_contain_text("add", timeout=30_000)
     expect(page.locator("body")).not_to_contain_text("browser-secret-8844")
     page.screenshot(path=str(artifacts_dir / "session_mcp.png"), full_page=True)

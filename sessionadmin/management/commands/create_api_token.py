@@ -1,4 +1,4 @@
-"""``create_api_token NAME [--org ORG] [--expires-in-days N] [--can-read-secrets]``: create a
+"""``create_api_token NAME [--org ORG] [--expires-in-days N]``: create a
 runtime API token and print its plaintext once (only a hash is stored)."""
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ class Command(BaseCommand):
         parser.add_argument("name")
         parser.add_argument("--org", help="scope the token to this org id (default: every org)")
         parser.add_argument("--expires-in-days", type=int, help="the token stops working after this many days")
-        parser.add_argument("--can-read-secrets", action="store_true", help="the token may read MCP secrets")
         parser.add_argument("--actor", help="recorded in the audit trail (default: cli:<os user>)")
 
     def handle(
@@ -30,7 +29,6 @@ class Command(BaseCommand):
         name: str,
         org: str | None,
         expires_in_days: int | None,
-        can_read_secrets: bool,
         actor: str | None,
         **options: Any,
     ) -> None:
@@ -47,7 +45,6 @@ class Command(BaseCommand):
                 name=name,
                 actor=actor or f"cli:{getpass.getuser()}",
                 org=scope,
-                can_read_secrets=can_read_secrets,
                 expires_at=expires_at,
             )
         except tokens.TokenError as exc:

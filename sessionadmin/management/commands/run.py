@@ -1,6 +1,7 @@
-"""Run the whole system in the foreground: web server (gunicorn), one Celery worker and Celery
-beat, each one entry of ``processes()``. Ctrl-C (or SIGTERM) stops them all; if one of them dies,
-the others are stopped too and the command exits non-zero, so a supervisor notices."""
+"""Run the whole system in the foreground: web server (gunicorn), the MCP gateway, one Celery
+worker and Celery beat, each one entry of ``processes()``. Ctrl-C (or SIGTERM) stops them all;
+if one of them dies, the others are stopped too and the command exits non-zero, so a
+supervisor notices."""
 
 from __future__ import annotations
 
@@ -27,13 +28,14 @@ def processes(*, bind: str, web_workers: int, concurrency: int) -> dict[str, lis
             os.path.join(os.path.dirname(python), "gunicorn"), "sessionadmin.wsgi", "--bind", bind,
             "--workers", str(web_workers), "--access-logfile", "-", "--graceful-timeout", "10",
         ],
+        "gateway": [python, str(settings.BASE_DIR / "manage.py"), "mcp_gateway"],
         "worker": [*celery, "worker", "--loglevel", "INFO", "--concurrency", str(concurrency), "--hostname", "worker@%h"],
         "beat": [*celery, "beat", "--loglevel", "INFO", "-s", str(settings.VAR_DIR / "celerybeat-schedule")],
     }  # fmt: skip
 
 
 class Command(BaseCommand):
-    help = "Start web, Celery worker and Celery beat together; Ctrl-C stops them all."
+    help = "Start web, the MCP gateway, Celery worker and Celery beat together; Ctrl-C stops them all."
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--bind", default=settings.SESSIONADMIN_BIND, help="host:port of the web server")
@@ -64,7 +66,12 @@ class Command(BaseCommand):
             # children in order (a worker finishing its task gets its grace period).
             procs[name] = subprocess.Popen(cmd, start_new_session=True)
             self.stdout.write(f"started {name} (pid {procs[name].pid}): {' '.join(cmd)}")
-        self.stdout.write(self.style.SUCCESS(f"sessionadmin is up at http://{bind}/ (Ctrl-C stops {names})"))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"sessionadmin is up at http://{bind}/, its MCP gateway at {settings.SESSIONADMIN_GATEWAY_URL} "
+                f"(Ctrl-C stops {names})"
+            )
+        )
         exit_code = 0
         while not stopping:
             for name, proc in procs.items():
