@@ -19,7 +19,7 @@ from django.utils.html import format_html
 
 from sessionadmin import lifecycle, services, tokens
 from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceRun, Org, PromptLayer
-from sessionadmin.roles import OPERATE_PERMISSION
+from sessionadmin.roles import MANAGE_CATALOG_PERMISSION, OPERATE_PERMISSION
 
 
 class SafeDateHierarchy:
@@ -330,12 +330,28 @@ class McpServerAdmin(admin.ModelAdmin):
     def masked_env(self, obj: McpServer) -> str:
         return ", ".join(f"{k}={v}" for k, v in masked_mapping(mcp_services.stored_secrets(obj)[1]).items()) or "—"
 
+    # One right decides what runs: MCP admins' ``manage_mcp_catalog``, not the model's
+    # add/change/delete permissions (which Operators used to hold).
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(MANAGE_CATALOG_PERMISSION)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm(MANAGE_CATALOG_PERMISSION)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm(MANAGE_CATALOG_PERMISSION)
+
     def save_model(self, request: HttpRequest, obj: McpServer, form: Any, change: bool) -> None:
         headers, env = form.secrets_to_store()
         mcp_services.save_server(obj, actor=request.user.get_username(), headers=headers, env=env)
 
     def delete_model(self, request: HttpRequest, obj: McpServer) -> None:
         mcp_services.delete_server(obj, actor=request.user.get_username())
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[McpServer]) -> None:
+        # The bulk "delete selected" action too: clients closed, audited, configs rewritten.
+        for server in queryset:
+            mcp_services.delete_server(server, actor=request.user.get_username())
 
 
 @admin.register(McpClient)

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from django import forms
+from django.conf import settings
 
 from sessionadmin.mcp_services import CLIENT_ID_RE, check_read_only_paths, url_policy_error
 from sessionadmin.models import McpServer
@@ -27,7 +28,11 @@ class AttachForm(forms.Form):
     def __init__(self, *args: Any, allow_adhoc: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.allow_adhoc = allow_adhoc
-        self.fields["server"].queryset = McpServer.objects.filter(enabled=True).order_by("name")  # type: ignore[attr-defined]
+        server_field = self.fields["server"]
+        server_field.queryset = McpServer.objects.filter(enabled=True).order_by("name")  # type: ignore[attr-defined]
+        # Entries the stdio allow-list refuses stay visible (an operator should learn why one
+        # cannot be attached, not wonder where it went); attaching one is refused and audited.
+        server_field.label_from_instance = lambda s: f"{s} — not allowed" if s.refusal else str(s)  # type: ignore[attr-defined]
         if not allow_adhoc:
             del self.fields["url"]
             del self.fields["transport"]
@@ -117,6 +122,13 @@ class McpServerForm(forms.ModelForm):
         if self.instance.pk and not self.is_bound:
             self.initial["args_text"] = "\n".join(str(a) for a in self.instance.args or [])
             self.initial["read_only_paths_text"] = "\n".join(str(p) for p in self.instance.read_only_paths or [])
+        allowed = settings.SESSIONADMIN_STDIO_COMMANDS
+        if "command" in self.fields:  # absent from the admin's view-only form
+            self.fields["command"].help_text = (
+                f"stdio: one of the allowed executables ({', '.join(allowed)})."
+                if allowed
+                else "stdio: no command is allowed on this installation (SESSIONADMIN_STDIO_COMMANDS is empty)."
+            )
 
     def clean_headers_text(self) -> dict[str, str] | None:
         text = self.cleaned_data.get("headers_text", "")

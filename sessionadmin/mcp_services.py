@@ -56,6 +56,9 @@ TOKEN_SCHEME = "sgw"
 TOKEN_PREFIX_LENGTH = len(TOKEN_SCHEME) + 1 + 8
 # How long a dashboard call is polled from a plain (non-htmx) request before giving up.
 SYNC_CALL_POLL_SECONDS = 0.05
+# The kind of McpOperationFailed when policy forbids the connection (a stdio command that is
+# not, or no longer, in SESSIONADMIN_STDIO_COMMANDS): nothing was started.
+NOT_ALLOWED = "not allowed"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -255,7 +258,13 @@ def _http_policy() -> dict[str, Any]:
 
 
 def _target_of_server(server: McpServer, session: AgentSession) -> Target:
+    """The connection target of a catalog entry. The stdio allow-list is checked here, before
+    every connection, so an entry saved before the list changed (or written around the
+    service layer) never runs."""
     if server.transport == McpServer.Transport.STDIO:
+        refusal = server.refusal
+        if refusal:
+            raise McpOperationFailed(f"{NOT_ALLOWED}: catalog entry {server.name!r}: {refusal}", kind=NOT_ALLOWED)
         return Target(
             "stdio",
             command=server.command,
@@ -449,6 +458,17 @@ def add_client(
     client_id = _check_client_id(client_id or default_id.replace("__", "_")[:100] or "server")
     if McpClient.objects.filter(session_id=session.id, client_id=client_id).exclude(status=McpClient.Status.CLOSED).exists():
         raise InvalidInput(f"client id {client_id!r} is already attached to this session")
+    if catalog is not None and catalog.refusal:
+        # Refused here, audited, and nothing started (the gateway checks again when it connects).
+        error = f"{NOT_ALLOWED}: catalog entry {catalog.name!r}: {catalog.refusal}"
+        label = {
+            "client_id": client_id,
+            "server": catalog.name,
+            "transport": transport,
+            "target": os.path.basename(catalog.command),
+        }
+        record_add_failed(session.id, label, kind=NOT_ALLOWED, error=error, actor=actor)
+        raise McpOperationFailed(error, kind=NOT_ALLOWED)
     timeout = timeout or timeout_default()
     try:
         answer = gateway_client.attach(

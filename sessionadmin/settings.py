@@ -254,6 +254,11 @@ SESSIONADMIN_MCP_MAX_RESULT_BYTES = env_int("SESSIONADMIN_MCP_MAX_RESULT_BYTES",
 # A tool call (agent or dashboard) through the gateway may run this long; handshakes, listings and
 # pings use the timeout above.
 SESSIONADMIN_MCP_CALL_TIMEOUT_SECONDS = env_float("SESSIONADMIN_MCP_CALL_TIMEOUT_SECONDS", 300.0, minimum=0.1)
+# Absolute paths of the executables a stdio catalog entry may run (comma-separated). Empty, the
+# default, means no stdio entry can be saved or run. Checked when an entry is saved and again
+# before every connection, so narrowing the list stops entries saved before. An interpreter
+# (python, node) runs whatever its arguments say: prefer dedicated server executables.
+SESSIONADMIN_STDIO_COMMANDS = [os.path.normpath(c) for c in env_list("SESSIONADMIN_STDIO_COMMANDS", "") if os.path.isabs(c)]
 # Key for MCP header/env secrets at rest; derived from SECRET_KEY when not given.
 SESSIONADMIN_SECRETS_KEY = env_str("SESSIONADMIN_SECRETS_KEY", "")
 # Ended session rows older than this are purged; 0 keeps them forever.

@@ -280,6 +280,10 @@ class Gateway:
             raise GatewayProblem(404, "session ended", str(exc)) from None
         except (InvalidInput, SecretsError) as exc:
             raise GatewayProblem(400, "invalid", str(exc)) from None
+        except mcp_services.McpOperationFailed as exc:  # policy: a stdio command no longer allowed
+            label = {"client_id": client_id, "server": body.get("server_name", ""), "transport": transport}
+            await self.db.run(mcp_services.record_add_failed, session_id, label, kind=exc.kind, error=str(exc), actor=actor)
+            raise GatewayProblem(502, exc.kind, str(exc)) from None
         upstream = self._start(
             {"pk": None, "session_id": session_id, "client_id": client_id, "target": target}, pending=True, timeout=timeout
         )
