@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
@@ -282,7 +282,7 @@ class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
 # --- MCP servers and clients ----------------------------------------------------------------
 
 from sessionadmin import mcp_services  # noqa: E402
-from sessionadmin.mcp_forms import McpServerForm  # noqa: E402
+from sessionadmin.mcp_forms import McpServerForm, cleared_secrets_notice  # noqa: E402
 from sessionadmin.models import McpClient, McpServer  # noqa: E402
 from sessionadmin.secrets import masked_mapping  # noqa: E402
 
@@ -344,6 +344,8 @@ class McpServerAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: McpServer, form: Any, change: bool) -> None:
         headers, env = form.secrets_to_store()
         mcp_services.save_server(obj, actor=request.user.get_username(), headers=headers, env=env)
+        if obj.secrets_cleared:
+            self.message_user(request, cleared_secrets_notice(obj), level=messages.WARNING)
 
     def delete_model(self, request: HttpRequest, obj: McpServer) -> None:
         mcp_services.delete_server(obj, actor=request.user.get_username())

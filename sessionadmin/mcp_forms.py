@@ -96,13 +96,15 @@ class McpServerForm(forms.ModelForm):
         required=False,
         widget=SecretTextarea(attrs={"rows": 3, "autocomplete": "off"}),
         label="Headers",
-        help_text="Name: value per line. Empty keeps the stored headers.",
+        help_text="Name: value per line. Empty keeps the stored headers, unless the transport or URL changes: "
+        "secrets are bound to their target, so enter them again with a new one.",
     )
     env_text = forms.CharField(
         required=False,
         widget=SecretTextarea(attrs={"rows": 3, "autocomplete": "off"}),
         label="Environment",
-        help_text="NAME=value per line. Empty keeps the stored values.",
+        help_text="NAME=value per line. Empty keeps the stored values, unless the command or arguments change: "
+        "enter them again with a new one.",
     )
     clear_headers = forms.BooleanField(required=False, label="Remove all stored headers")
     clear_env = forms.BooleanField(required=False, label="Remove all stored environment values")
@@ -161,6 +163,12 @@ class McpServerForm(forms.ModelForm):
         headers = {} if self.cleaned_data.get("clear_headers") else self.cleaned_data.get("headers_text")
         env = {} if self.cleaned_data.get("clear_env") else self.cleaned_data.get("env_text")
         return headers, env
+
+
+def cleared_secrets_notice(server: McpServer) -> str:
+    """What to tell the person who saved an entry whose secrets ``save_server`` removed."""
+    names = " and ".join({"headers": "headers", "env": "environment values"}[n] for n in server.secrets_cleared)
+    return f"The target of {server.name} changed: its stored {names} were removed. Enter them again if the new target needs them."
 
 
 # --- tool calls ---------------------------------------------------------------------------------

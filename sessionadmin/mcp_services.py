@@ -42,6 +42,7 @@ from sessionadmin.gateway_client import GatewayError, GatewayUnavailable
 from sessionadmin.lifecycle import InvalidInput, MCPClientNotFound, SessionError, SessionNotFound, parse_session_id
 from sessionadmin.mcp_client import Snapshot, Target, ToolResult
 from sessionadmin.models import AgentSession, AuditEntry, GatewayToken, McpClient, McpServer
+from sessionadmin.redaction import safe_url
 from sessionadmin.secrets import SecretsError, decrypt_mapping, encrypt_mapping
 
 logger = logging.getLogger(__name__)
@@ -157,37 +158,74 @@ def _check_server_policy(server: McpServer) -> None:
         raise ValidationError(errors)
 
 
+def _target_changes(before: McpServer, after: McpServer) -> dict[str, dict[str, Any]]:
+    """What changed in where an entry connects or what it runs: {"url": {"from", "to"}, ...}.
+    URLs are recorded without credentials or query values."""
+    changes: dict[str, dict[str, Any]] = {}
+    if before.transport != after.transport:
+        changes["transport"] = {"from": before.transport, "to": after.transport}
+    if before.url != after.url:
+        changes["url"] = {"from": safe_url(before.url), "to": safe_url(after.url)}
+    if before.command != after.command:
+        changes["command"] = {"from": before.command, "to": after.command}
+    if [str(a) for a in before.args or []] != [str(a) for a in after.args or []]:
+        changes["args"] = {"from": list(before.args or []), "to": list(after.args or [])}
+    return changes
+
+
+def _sandbox_changes(before: McpServer, after: McpServer) -> dict[str, dict[str, Any]]:
+    """Changes of a stdio entry's sandbox, for the record (they do not move its secrets)."""
+    changes: dict[str, dict[str, Any]] = {}
+    if bool(before.network) != bool(after.network):
+        changes["network"] = {"from": bool(before.network), "to": bool(after.network)}
+    if list(before.read_only_paths or []) != list(after.read_only_paths or []):
+        changes["read_only_paths"] = {"from": list(before.read_only_paths or []), "to": list(after.read_only_paths or [])}
+    return changes
+
+
 def save_server(
     server: McpServer, *, actor: str, headers: dict[str, str] | None = None, env: dict[str, str] | None = None
 ) -> McpServer:
     """Create or update a catalog entry. Audited with the names of its secrets, not the values.
     Its URL must pass the outbound URL policy and its read-only paths the sandbox's checks.
-    Live connections of an updated entry reconnect to its new target once this commits."""
+
+    Secrets are bound to their target: when the transport, URL, command or arguments change,
+    stored headers and environment values that were not entered again in this same save are
+    removed (``server.secrets_cleared`` says which), so a credential never follows an entry to
+    another host or program. ``mcp_server_updated`` records the old and new target. Live
+    connections of an updated entry reconnect to its new target once this commits."""
     creating = server._state.adding
-    set_server_secrets(server, headers=headers, env=env)
+    # Validation (the URL policy resolves host names) happens before the row is locked.
     server.full_clean()
     _check_server_policy(server)
     with transaction.atomic():
+        before = None if creating else McpServer.objects.select_for_update().filter(pk=server.pk).first()
+        changes = _target_changes(before, server) if before is not None else {}
+        cleared: list[str] = []
+        if changes and before is not None:
+            if headers is None and before.headers_encrypted:
+                headers = {}
+                cleared.append("headers")
+            if env is None and before.env_encrypted:
+                env = {}
+                cleared.append("env")
+        set_server_secrets(server, headers=headers, env=env)
         server.save()
-        audit.write(
-            [
-                audit.entry(
-                    "mcp_server_created" if creating else "mcp_server_updated",
-                    actor=actor,
-                    details={
-                        "server": server.name,
-                        "transport": server.transport,
-                        "header_names": sorted(server_headers(server)),
-                        "env_names": sorted(server_env(server)),
-                        **(
-                            {"network": server.network, "read_only_paths": list(server.read_only_paths or [])}
-                            if server.transport == McpServer.Transport.STDIO
-                            else {}
-                        ),
-                    },
-                )
-            ]
-        )
+        server.secrets_cleared = tuple(cleared)
+        details: dict[str, Any] = {
+            "server": server.name,
+            "transport": server.transport,
+            "header_names": sorted(server_headers(server)),
+            "env_names": sorted(server_env(server)),
+        }
+        if server.transport == McpServer.Transport.STDIO:
+            details |= {"network": server.network, "read_only_paths": list(server.read_only_paths or [])}
+        if creating:
+            details["target"] = safe_url(server.url) if server.url else [server.command, *server.args]
+        else:
+            details["changes"] = changes | (_sandbox_changes(before, server) if before is not None else {})
+            details["secrets_cleared"] = cleared
+        audit.write([audit.entry("mcp_server_created" if creating else "mcp_server_updated", actor=actor, details=details)])
         if not creating:
             pks = list(
                 McpClient.objects.filter(server=server).exclude(status=McpClient.Status.CLOSED).values_list("pk", flat=True)

@@ -27,7 +27,7 @@ from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from sessionadmin import mcp_services
 from sessionadmin.manager import InvalidInput, MCPClientNotFound, SessionError, SessionNotFound
-from sessionadmin.mcp_forms import AttachForm, McpServerForm, ToolCallForm
+from sessionadmin.mcp_forms import AttachForm, McpServerForm, ToolCallForm, cleared_secrets_notice
 from sessionadmin.mcp_services import McpOperationFailed
 from sessionadmin.models import AgentSession, McpClient, McpServer
 from sessionadmin.roles import ADHOC_MCP_PERMISSION, MANAGE_CATALOG_PERMISSION
@@ -330,6 +330,8 @@ def mcp_server_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse
         new_headers, new_env = form.secrets_to_store()
         mcp_services.save_server(form.save(commit=False), actor=actor_of(request), headers=new_headers, env=new_env)
         messages.success(request, f"Saved MCP server {server.name}.")
+        if server.secrets_cleared:
+            messages.warning(request, cleared_secrets_notice(server))
         return redirect("mcp_server_list")
     return render(
         request,

@@ -436,6 +436,10 @@ class McpServer(models.Model):
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 
+    # Not a column: which stored secrets (``"headers"``, ``"env"``) the last
+    # ``mcp_services.save_server`` removed because the target changed, for the page to say so.
+    secrets_cleared: tuple[str, ...] = ()
+
     class Meta:
         ordering = ["name"]
         verbose_name = "MCP server"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 SERVER_SCRIPT = Path(__file__).resolve().with_name("server.py")
 HOSTILE_SCRIPT = Path(__file__).resolve().with_name("hostile.py")
@@ -28,8 +30,11 @@ class RunningServer:
     """``server.py`` over streamable HTTP or SSE on 127.0.0.1, on a port the server picks and
     reports, so parallel test runs never race for one."""
 
-    def __init__(self, transport: str, *, token: str = "", script: Path = SERVER_SCRIPT) -> None:
+    def __init__(self, transport: str, *, token: str = "", script: Path = SERVER_SCRIPT, log_headers: Path | None = None) -> None:
         args = [sys.executable, str(script), transport] + (["--token", token] if token else [])
+        if log_headers is not None:
+            args += ["--log-headers", str(log_headers)]
+        self.log_headers = log_headers
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ))
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -38,6 +43,12 @@ class RunningServer:
             raise RuntimeError(f"test MCP server did not start: {line!r}")
         self.port = int(line.split()[1])
         self.url = f"http://127.0.0.1:{self.port}" + ("/mcp" if transport == "streamable-http" else "/sse")
+
+    def logged_requests(self) -> list[dict[str, Any]]:
+        """The requests the server saw (with ``log_headers``): method, path and headers."""
+        if self.log_headers is None or not self.log_headers.exists():
+            return []
+        return [json.loads(line) for line in self.log_headers.read_text().splitlines() if line.strip()]
 
     @property
     def pid(self) -> int:
