@@ -19,6 +19,7 @@ from django.utils.html import format_html
 
 from sessionadmin import lifecycle, services, tokens
 from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceRun, Org, PromptLayer
+from sessionadmin.redaction import Redactor, redact_shown_entries
 from sessionadmin.roles import MANAGE_CATALOG_PERMISSION, OPERATE_PERMISSION
 
 
@@ -233,6 +234,19 @@ class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
         text = ", ".join(f"{k}={v}" for k, v in (obj.details or {}).items())
         return text if len(text) <= 120 else text[:117] + "..."
 
+    # Details are shown redacted against every catalog secret (rows written before redaction
+    # covered them stay append-only; see redaction.redact_shown_entries).
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        changelist = super().get_changelist_instance(request)
+        redact_shown_entries(changelist.result_list)
+        return changelist
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Any:
+        entry = super().get_object(request, object_id, from_field)
+        if entry is not None:
+            redact_shown_entries([entry])
+        return entry
+
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> tuple[QuerySet[Any], bool]:
         # Exact matches only, each served by an index (audit_session_at_idx, audit_user_at_idx,
         # audit_actor_at_idx), instead of the default icontains scan of the whole table.
@@ -269,8 +283,9 @@ class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
 
         def rows() -> Iterator[str]:
             yield writer.writerow(self.CSV_COLUMNS)
+            redactor = Redactor.for_catalog()
             for entry in queryset.order_by("-at", "-id").iterator(chunk_size=2000):
-                details = json.dumps(entry.details, sort_keys=True, default=str)
+                details = json.dumps(redactor.json(entry.details), sort_keys=True, default=str)
                 texts = [entry.event_type, entry.actor, entry.user_id, entry.org_id]
                 yield writer.writerow([entry.at.isoformat(), *map(_csv_cell, texts), entry.session_id or "", _csv_cell(details)])
 

@@ -42,7 +42,7 @@ from sessionadmin.gateway_client import GatewayError, GatewayUnavailable
 from sessionadmin.lifecycle import InvalidInput, MCPClientNotFound, SessionError, SessionNotFound, parse_session_id
 from sessionadmin.mcp_client import Snapshot, Target, ToolResult
 from sessionadmin.models import AgentSession, AuditEntry, GatewayToken, McpClient, McpServer
-from sessionadmin.redaction import safe_url
+from sessionadmin.redaction import Redactor, safe_url
 from sessionadmin.secrets import SecretsError, decrypt_mapping, encrypt_mapping
 
 logger = logging.getLogger(__name__)
@@ -225,7 +225,10 @@ def save_server(
         else:
             details["changes"] = changes | (_sandbox_changes(before, server) if before is not None else {})
             details["secrets_cleared"] = cleared
-        audit.write([audit.entry("mcp_server_created" if creating else "mcp_server_updated", actor=actor, details=details)])
+        # An argument may repeat a secret value (``--token=...``): the record shows neither.
+        redactor = Redactor.for_server(server) + (Redactor.for_server(before) if before is not None else Redactor())
+        event = "mcp_server_created" if creating else "mcp_server_updated"
+        audit.write([audit.entry(event, actor=actor, details=redactor.json(details))])
         if not creating:
             pks = list(
                 McpClient.objects.filter(server=server).exclude(status=McpClient.Status.CLOSED).values_list("pk", flat=True)
@@ -539,6 +542,12 @@ def _resolve_server(server: McpServer | int | str) -> McpServer:
     return found
 
 
+def _mcp_entry(event: str, session: AgentSession, actor: str, details: dict[str, Any], redactor: Redactor) -> Any:
+    """An audit entry about one session's MCP client, its details redacted (they may quote
+    what the server said)."""
+    return audit.session_entry(event, session, actor, redactor.json(details))
+
+
 def remove_client(session_id: uuid.UUID | str, client_id: str, *, actor: str) -> McpClient:
     """Detach one client (the row stays, closed, for the record); its live connection (and
     stdio process) is closed once this commits."""
@@ -789,21 +798,21 @@ def attach_target(session_id: uuid.UUID, *, server_id: int | None, url: str, tra
 
 
 def record_add_failed(session_id: uuid.UUID, label: dict[str, Any], *, kind: str, error: str, actor: str) -> None:
+    """``mcp_client_add_failed``, its error redacted with the secrets of the catalog entry it
+    names (an ad-hoc URL has none stored; credentials in URLs are always redacted)."""
     with transaction.atomic():
         session = AgentSession.objects.filter(pk=session_id).first()
         if session is None:
             return
-        audit.write(
-            [
-                audit.session_entry(
-                    "mcp_client_add_failed", session, actor, {**label, "kind": kind, "error": error[: audit.MAX_DETAIL_TEXT]}
-                )
-            ]
-        )
+        server = McpServer.objects.filter(name=label.get("server")).first() if label.get("server") else None
+        details = {**label, "kind": kind, "error": error[: audit.MAX_DETAIL_TEXT]}
+        audit.write([_mcp_entry("mcp_client_add_failed", session, actor, details, Redactor.for_server(server))])
 
 
-def pins_of(snapshot: Snapshot) -> dict[str, Any]:
-    return {t["name"]: {"sha256": mcp_client.definition_sha256(t), "definition": t} for t in snapshot.tools}
+def pins_of(snapshot: Snapshot, redactor: Redactor) -> dict[str, Any]:
+    """The pin of every tool: the hash of its definition as the server sent it, and a copy of
+    the definition for review, redacted (it is stored and shown)."""
+    return {t["name"]: {"sha256": mcp_client.definition_sha256(t), "definition": redactor.json(t)} for t in snapshot.tools}
 
 
 def record_attached(
@@ -828,6 +837,7 @@ def record_attached(
         if McpClient.objects.filter(session_id=session.id, client_id=client_id).exclude(status=McpClient.Status.CLOSED).exists():
             raise InvalidInput(f"client id {client_id!r} is already attached to this session")
         catalog = McpServer.objects.filter(pk=server_id).first() if server_id is not None else None
+        redactor = Redactor.for_server(catalog) if catalog is not None else Redactor.for_url(url)
         client = McpClient(
             session=session,
             client_id=client_id,
@@ -837,14 +847,14 @@ def record_attached(
             status=McpClient.Status.CONNECTED,
             created_at=now,
             created_by=actor,
-            pinned_tools=pins_of(snapshot),
+            pinned_tools=pins_of(snapshot, redactor),
             quarantined_tools={},
         )
-        _apply_snapshot(client, snapshot, now)
+        _apply_snapshot(client, snapshot, now, redactor)
         client.save(force_insert=True)
         audit.write(
             [
-                audit.session_entry(
+                _mcp_entry(
                     "mcp_client_added",
                     session,
                     actor,
@@ -853,11 +863,12 @@ def record_attached(
                         "server": catalog.name if catalog else "",
                         "transport": transport,
                         "target": target.describe(),
-                        "server_name": snapshot.server_name,
-                        "server_version": snapshot.server_version,
-                        "protocol_version": snapshot.protocol_version,
+                        "server_name": client.server_name,
+                        "server_version": client.server_version,
+                        "protocol_version": client.protocol_version,
                         "tools": len(snapshot.tools),
                     },
+                    redactor,
                 )
             ]
         )
@@ -871,14 +882,15 @@ def record_attached(
     return client
 
 
-def _apply_snapshot(client: McpClient, snapshot: Snapshot, now: datetime) -> None:
-    client.server_name = snapshot.server_name[:200]
-    client.server_version = snapshot.server_version[:100]
-    client.protocol_version = snapshot.protocol_version[:50]
-    client.capabilities = snapshot.capabilities
-    client.tools = snapshot.tools
-    client.resources = snapshot.resources
-    client.prompts = snapshot.prompts
+def _apply_snapshot(client: McpClient, snapshot: Snapshot, now: datetime, redactor: Redactor) -> None:
+    """Store what a listing found. All of it is the server's own text: redacted first."""
+    client.server_name = redactor.text(snapshot.server_name)[:200]
+    client.server_version = redactor.text(snapshot.server_version)[:100]
+    client.protocol_version = redactor.text(snapshot.protocol_version)[:50]
+    client.capabilities = redactor.json(snapshot.capabilities)
+    client.tools = redactor.json(snapshot.tools)
+    client.resources = redactor.json(snapshot.resources)
+    client.prompts = redactor.json(snapshot.prompts)
     client.last_verified_at = now
     client.last_error = ""
 
@@ -894,11 +906,12 @@ def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[st
             McpClient.objects.select_for_update(of=("self",))
             .filter(pk=client_pk)
             .exclude(status=McpClient.Status.CLOSED)
-            .select_related("session")
+            .select_related("session", "server")
             .first()
         )
         if client is None:
             return None
+        redactor = Redactor.for_client(client)
         pinned = dict(client.pinned_tools or {})
         quarantined = dict(client.quarantined_tools or {})
         entries = []
@@ -911,19 +924,24 @@ def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[st
                 continue
             if quarantined.get(name, {}).get("new_sha256") == new:
                 continue  # already held for review
-            quarantined[name] = {"old_sha256": old, "new_sha256": new, "definition": definition, "at": now.isoformat()}
+            quarantined[name] = {
+                "old_sha256": old,
+                "new_sha256": new,
+                "definition": redactor.json(definition),
+                "at": now.isoformat(),
+            }
             entries.append(
                 audit.session_entry(
                     "mcp_tool_changed",
                     client.session,
                     actor,
-                    {"client_id": client.client_id, "tool": name[:200], "old_sha256": old, "new_sha256": new},
+                    redactor.json({"client_id": client.client_id, "tool": name[:200], "old_sha256": old, "new_sha256": new}),
                     at=now,
                 )
             )
         listed = {t["name"] for t in snapshot.tools}
         quarantined = {k: v for k, v in quarantined.items() if k in listed}
-        _apply_snapshot(client, snapshot, now)
+        _apply_snapshot(client, snapshot, now, redactor)
         client.quarantined_tools = quarantined
         client.save(
             update_fields=[
@@ -954,11 +972,12 @@ def record_status(client_pk: int, status: str, *, error: str, actor: str, reconn
             McpClient.objects.select_for_update(of=("self",))
             .filter(pk=client_pk)
             .exclude(status=McpClient.Status.CLOSED)
-            .select_related("session")
+            .select_related("session", "server")
             .first()
         )
         if client is None:
             return False
+        error = Redactor.for_client(client).text(error)
         before = client.status
         fields: dict[str, Any] = {"status": status, "last_error": error[: audit.MAX_DETAIL_TEXT]}
         if status == McpClient.Status.CONNECTED:
@@ -999,6 +1018,7 @@ def tool_call_entry(
     error: str = "",
     kind: str = "",
     at: datetime | None = None,
+    redactor: Redactor | None = None,
 ) -> AuditEntry:
     """The ``mcp_tool_called`` entry of one call: who, which client and tool, how long, the
     outcome (ok, error, failed, refused, cancelled) and a SHA-256 of the canonical arguments
@@ -1015,6 +1035,7 @@ def tool_call_entry(
         details["kind"] = kind
     if error:
         details["error"] = error[: audit.MAX_DETAIL_TEXT]
+    details = (redactor or Redactor()).json(details)  # the error may quote the server
     return audit.entry(
         "mcp_tool_called", actor=actor, user_id=user_id, org_id=org_id, session_id=session_id, details=details, at=at
     )

@@ -526,6 +526,13 @@ class McpClient(models.Model):
     def __str__(self) -> str:
         return f"{self.client_id} on {self.session_id} ({self.status})"
 
+    @property
+    def shown_url(self) -> str:
+        """The ad-hoc URL for pages: no user info, no query values (a token may travel there)."""
+        from sessionadmin.redaction import safe_url
+
+        return safe_url(self.url)
+
 
 class MaintenanceRun(models.Model):
     """One run of one maintenance task, as operators see it on the dashboard."""

@@ -23,6 +23,7 @@ from sessionadmin.gateway.results import present
 from sessionadmin.gateway.upstream import CONNECTED, RECONNECTING, ClientInfo, Unavailable, Upstream
 from sessionadmin.manager import InvalidInput, SessionNotFound
 from sessionadmin.mcp_client import McpError, Snapshot
+from sessionadmin.redaction import Redactor
 from sessionadmin.secrets import SecretsError
 
 logger = logging.getLogger(__name__)
@@ -442,7 +443,7 @@ class Gateway:
                 raise SessionEnded(error)
             outcome = "error" if result.is_error else "ok"
             assert upstream.info.target is not None
-            return present(result, upstream.info.target.secrets(), self.max_result_bytes)
+            return present(result, Redactor.for_target(upstream.info.target), self.max_result_bytes)
         except McpError as exc:
             error, kind = str(exc), exc.kind
             raise
@@ -465,6 +466,7 @@ class Gateway:
                     error=error,
                     kind=kind,
                     at=datetime.now(UTC),
+                    redactor=Redactor.for_target(upstream.info.target),
                 )
             )
 

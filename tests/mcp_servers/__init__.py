@@ -11,6 +11,7 @@ from typing import Any
 
 SERVER_SCRIPT = Path(__file__).resolve().with_name("server.py")
 HOSTILE_SCRIPT = Path(__file__).resolve().with_name("hostile.py")
+LEAKY_SCRIPT = Path(__file__).resolve().with_name("leaky.py")
 # What a sandboxed test server must see read-only: the venv, the interpreter it links to, and
 # this folder (the scripts); nothing else of the repository.
 SANDBOX_PATHS = (sys.prefix, sys.base_prefix, str(SERVER_SCRIPT.parent))
@@ -26,12 +27,26 @@ def hostile_command(mode: str = "stdio") -> tuple[str, list[str]]:
     return sys.executable, [str(HOSTILE_SCRIPT), mode]
 
 
-class RunningServer:
-    """``server.py`` over streamable HTTP or SSE on 127.0.0.1, on a port the server picks and
-    reports, so parallel test runs never race for one."""
+def leaky_stdio_command(*options: str) -> tuple[str, list[str]]:
+    """Command and arguments of the leaky server (``leaky.py``: it quotes its secrets back)."""
+    return sys.executable, [str(LEAKY_SCRIPT), "stdio", *options]
 
-    def __init__(self, transport: str, *, token: str = "", script: Path = SERVER_SCRIPT, log_headers: Path | None = None) -> None:
-        args = [sys.executable, str(script), transport] + (["--token", token] if token else [])
+
+class RunningServer:
+    """``server.py`` (or ``script`` with ``options``, e.g. the leaky server) over streamable
+    HTTP or SSE on 127.0.0.1, on a port the server picks and reports, so parallel test runs
+    never race for one."""
+
+    def __init__(
+        self,
+        transport: str,
+        *,
+        token: str = "",
+        log_headers: Path | None = None,
+        script: Path = SERVER_SCRIPT,
+        options: tuple[str, ...] = (),
+    ) -> None:
+        args = [sys.executable, str(script), transport, *options] + (["--token", token] if token else [])
         if log_headers is not None:
             args += ["--log-headers", str(log_headers)]
         self.log_headers = log_headers
