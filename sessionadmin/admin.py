@@ -379,6 +379,17 @@ class McpClientAdmin(ReadOnlyAdmin):
     list_filter = ["status", "transport"]
     search_fields = ["client_id", "server_name", "session__id"]
     list_select_related = ["session", "server"]
+    # The listings can hold thousands of items: counted here, shown a page at a time on the
+    # dashboard (session_mcp_listing).
+    exclude = ["tools", "resources", "prompts", "pinned_tools", "quarantined_tools"]
+    readonly_fields = ["listings"]
+
+    @admin.display(description="listings")
+    def listings(self, obj: McpClient) -> str:
+        counts = ", ".join(f"{len(getattr(obj, kind))} {kind}" for kind in ("tools", "resources", "prompts"))
+        omitted = ", ".join(f"{n} {kind}" for kind, n in (obj.listing_omitted or {}).items())
+        pins = f"; {len(obj.pinned_tools or {})} tools pinned, {len(obj.quarantined_tools or {})} quarantined"
+        return f"{counts} stored" + (f"; left out: {omitted}" if omitted else "") + pins
 
 
 # --- Maintenance runs -----------------------------------------------------------------------

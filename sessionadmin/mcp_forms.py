@@ -217,12 +217,25 @@ class ToolCallForm(forms.Form):
     """Fields generated from a tool's input schema: strings, numbers, integers, booleans and
     enums get their own inputs; anything nested (objects, arrays, unions) a JSON textarea."""
 
-    def __init__(self, schema: dict[str, Any] | None, *args: Any, **kwargs: Any) -> None:
+    RAW = "arguments"
+
+    def __init__(self, schema: dict[str, Any] | None, *args: Any, raw: bool = False, **kwargs: Any) -> None:
+        """``raw``: the tool's schema was too large to store; its arguments are typed as one
+        JSON object."""
         super().__init__(*args, **kwargs)
+        self.raw = raw
+        if raw:
+            self.fields[self.RAW] = forms.CharField(
+                initial="{}",
+                widget=forms.Textarea(attrs={"rows": 6, "class": "json"}),
+                help_text="The tool's input schema was too large to keep: its arguments, as a JSON object.",
+            )
+            self.kinds: dict[str, str] = {}
+            return
         self.schema = schema if isinstance(schema, dict) else {}
         props = self.schema.get("properties") if isinstance(self.schema.get("properties"), dict) else {}
         required = set(self.schema.get("required") or [])
-        self.kinds: dict[str, str] = {}
+        self.kinds = {}
         self.enum_values: dict[str, list[Any]] = {}
         for name, raw in (props or {}).items():
             prop = _resolve(self.schema, raw if isinstance(raw, dict) else {})
@@ -236,6 +249,8 @@ class ToolCallForm(forms.Form):
 
     def arguments(self) -> dict[str, Any]:
         """The tool's arguments from cleaned data; empty optional fields are left out."""
+        if self.raw:
+            return dict(self.cleaned_data[self.RAW])
         out: dict[str, Any] = {}
         for name, kind in self.kinds.items():
             value = self.cleaned_data.get(f"arg_{name}")
@@ -253,6 +268,14 @@ class ToolCallForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        if self.raw and self.RAW in data:
+            try:
+                data[self.RAW] = json.loads(data[self.RAW])
+            except ValueError as exc:
+                self.add_error(self.RAW, f"Not valid JSON: {exc}")
+            else:
+                if not isinstance(data[self.RAW], dict):
+                    self.add_error(self.RAW, "The arguments must be a JSON object.")
         for name, kind in self.kinds.items():
             key = f"arg_{name}"
             if kind == "json" and data.get(key) not in (None, ""):

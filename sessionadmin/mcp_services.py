@@ -24,7 +24,7 @@ import re
 import secrets as pysecrets
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -542,6 +542,98 @@ def _resolve_server(server: McpServer | int | str) -> McpServer:
     return found
 
 
+def _apply_snapshot(client: McpClient, snapshot: Snapshot, now: datetime, redactor: Redactor) -> None:
+    """Store what a handshake found. All of it is the server's own text: redacted, and capped
+    (see ``_stored_listing``) so a server listing 10,000 tools cannot bloat the row or a page."""
+    client.server_name = redactor.cut(snapshot.server_name, 200)
+    client.server_version = redactor.cut(snapshot.server_version, 100)
+    client.protocol_version = redactor.cut(snapshot.protocol_version, 50)
+    capabilities = snapshot.capabilities if isinstance(snapshot.capabilities, dict) else {}
+    if _json_size(capabilities) > MAX_CAPABILITIES_BYTES:
+        capabilities = {str(name)[:NAME_CHARS]: {} for name in list(capabilities)[:50]}
+    client.capabilities = redactor.json(capabilities)
+    client.tools, tools_out = _stored_listing(snapshot.tools, _stored_tool, redactor)
+    client.resources, resources_out = _stored_listing(snapshot.resources, _stored_resource, redactor)
+    client.prompts, prompts_out = _stored_listing(snapshot.prompts, _stored_prompt, redactor)
+    omitted = {"tools": tools_out, "resources": resources_out, "prompts": prompts_out}
+    client.listing_omitted = {kind: n for kind, n in omitted.items() if n}
+    client.last_verified_at = now
+    client.last_error = ""
+
+
+# What is stored of one listed item: names and titles, descriptions, and an input schema up to
+# this size (a bigger one is left out: the tool is then called with a JSON object of arguments).
+NAME_CHARS = 200
+DESCRIPTION_CHARS = 2000
+MAX_SCHEMA_BYTES = 32 * 1024
+MAX_CAPABILITIES_BYTES = 16 * 1024
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(json.dumps(value, default=str))
+    except (TypeError, ValueError, RecursionError):
+        return MAX_SCHEMA_BYTES + 1  # unserialisable is as good as too big
+
+
+def _stored_tool(item: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": redactor.cut(str(item.get("name") or ""), NAME_CHARS),
+        "title": redactor.cut(str(item.get("title") or ""), NAME_CHARS),
+        "description": redactor.cut(str(item.get("description") or ""), DESCRIPTION_CHARS),
+    }
+    schema = item.get("input_schema") if isinstance(item.get("input_schema"), dict) else {}
+    size = _json_size(schema)
+    if size > MAX_SCHEMA_BYTES:
+        out["input_schema"], out["schema_omitted_bytes"] = {}, size
+    else:
+        out["input_schema"] = redactor.json(schema)
+    for key in ("output_schema", "annotations"):
+        value = item.get(key)
+        if isinstance(value, dict) and _json_size(value) <= MAX_SCHEMA_BYTES:
+            out[key] = redactor.json(value)
+    return out
+
+
+def _stored_resource(item: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    return {
+        "uri": redactor.cut(str(item.get("uri") or ""), DESCRIPTION_CHARS),
+        "name": redactor.cut(str(item.get("name") or ""), NAME_CHARS),
+        "description": redactor.cut(str(item.get("description") or ""), DESCRIPTION_CHARS),
+        "mime_type": redactor.cut(str(item.get("mime_type") or ""), NAME_CHARS),
+    }
+
+
+def _stored_prompt(item: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    arguments = item.get("arguments") if isinstance(item.get("arguments"), list) else []
+    return {
+        "name": redactor.cut(str(item.get("name") or ""), NAME_CHARS),
+        "description": redactor.cut(str(item.get("description") or ""), DESCRIPTION_CHARS),
+        "arguments": [
+            {"name": redactor.cut(str(a.get("name") or ""), NAME_CHARS), "required": bool(a.get("required"))}
+            for a in (arguments or [])[:100]
+            if isinstance(a, dict)
+        ],
+    }
+
+
+def _stored_listing(
+    items: list[dict[str, Any]], store: Callable[[dict[str, Any], Redactor], dict[str, Any]], redactor: Redactor
+) -> tuple[list[dict[str, Any]], int]:
+    """The items to store, in the server's order, and how many were left out: at most
+    SESSIONADMIN_MCP_MAX_LIST_ITEMS items and SESSIONADMIN_MCP_MAX_LISTING_BYTES bytes."""
+    max_items = settings.SESSIONADMIN_MCP_MAX_LIST_ITEMS
+    budget = settings.SESSIONADMIN_MCP_MAX_LISTING_BYTES
+    kept: list[dict[str, Any]] = []
+    for item in items[:max_items]:
+        stored = store(item if isinstance(item, dict) else {}, redactor)
+        budget -= _json_size(stored)
+        if budget < 0:
+            break
+        kept.append(stored)
+    return kept, len(items) - len(kept)
+
+
 def _mcp_entry(event: str, session: AgentSession, actor: str, details: dict[str, Any], redactor: Redactor) -> Any:
     """An audit entry about one session's MCP client, its details redacted (they may quote
     what the server said)."""
@@ -809,10 +901,19 @@ def record_add_failed(session_id: uuid.UUID, label: dict[str, Any], *, kind: str
         audit.write([_mcp_entry("mcp_client_add_failed", session, actor, details, Redactor.for_server(server))])
 
 
+def listed_tools(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """The tools of a listing that are pinned and served: the first
+    SESSIONADMIN_MCP_MAX_LIST_ITEMS (those past the cap are never pinned, so the endpoint
+    neither lists nor calls them, and they are not quarantined either)."""
+    return list(snapshot.tools[: settings.SESSIONADMIN_MCP_MAX_LIST_ITEMS])
+
+
 def pins_of(snapshot: Snapshot, redactor: Redactor) -> dict[str, Any]:
-    """The pin of every tool: the hash of its definition as the server sent it, and a copy of
-    the definition for review, redacted (it is stored and shown)."""
-    return {t["name"]: {"sha256": mcp_client.definition_sha256(t), "definition": redactor.json(t)} for t in snapshot.tools}
+    """The pin of every listed tool: the hash of its definition as the server sent it, and a
+    copy of the definition for review, redacted (it is stored and shown)."""
+    return {
+        t["name"]: {"sha256": mcp_client.definition_sha256(t), "definition": redactor.json(t)} for t in listed_tools(snapshot)
+    }
 
 
 def record_attached(
@@ -867,6 +968,7 @@ def record_attached(
                         "server_version": client.server_version,
                         "protocol_version": client.protocol_version,
                         "tools": len(snapshot.tools),
+                        "listing_omitted": client.listing_omitted,
                     },
                     redactor,
                 )
@@ -880,19 +982,6 @@ def record_attached(
             ) from exc
         _touch(session.id, now)
     return client
-
-
-def _apply_snapshot(client: McpClient, snapshot: Snapshot, now: datetime, redactor: Redactor) -> None:
-    """Store what a listing found. All of it is the server's own text: redacted first."""
-    client.server_name = redactor.text(snapshot.server_name)[:200]
-    client.server_version = redactor.text(snapshot.server_version)[:100]
-    client.protocol_version = redactor.text(snapshot.protocol_version)[:50]
-    client.capabilities = redactor.json(snapshot.capabilities)
-    client.tools = redactor.json(snapshot.tools)
-    client.resources = redactor.json(snapshot.resources)
-    client.prompts = redactor.json(snapshot.prompts)
-    client.last_verified_at = now
-    client.last_error = ""
 
 
 def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[str, Any] | None:
@@ -915,7 +1004,7 @@ def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[st
         pinned = dict(client.pinned_tools or {})
         quarantined = dict(client.quarantined_tools or {})
         entries = []
-        for definition in snapshot.tools:
+        for definition in listed_tools(snapshot):
             name = definition["name"]
             new = mcp_client.definition_sha256(definition)
             old = pinned.get(name, {}).get("sha256")
@@ -939,7 +1028,7 @@ def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[st
                     at=now,
                 )
             )
-        listed = {t["name"] for t in snapshot.tools}
+        listed = {t["name"] for t in listed_tools(snapshot)}
         quarantined = {k: v for k, v in quarantined.items() if k in listed}
         _apply_snapshot(client, snapshot, now, redactor)
         client.quarantined_tools = quarantined
@@ -952,6 +1041,7 @@ def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[st
                 "tools",
                 "resources",
                 "prompts",
+                "listing_omitted",
                 "last_verified_at",
                 "last_error",
                 "quarantined_tools",

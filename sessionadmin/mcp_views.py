@@ -19,6 +19,7 @@ from typing import Any, ParamSpec, TypeVar
 from django.conf import settings
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -37,6 +38,9 @@ from sessionadmin.views import CHANGED_EVENT, _is_htmx, actor_of, can_operate, g
 PANEL = "sessionadmin/session_mcp.html"
 TOOL_PAGE = "sessionadmin/session_mcp_tool.html"
 FEED_LIMIT = 20
+# The panel shows this many tools, resources and prompts of each client; the rest are a link
+# away (session_mcp_listing), so a server listing thousands keeps the session page small.
+PANEL_ITEMS = 25
 
 P = ParamSpec("P")
 R = TypeVar("R", bound=HttpResponseBase)
@@ -92,6 +96,8 @@ def _panel(
         "can_operate": can_operate(request) and session.status == AgentSession.Status.ACTIVE,
         "notice": notice,
         "error": error,
+        "panel_items": PANEL_ITEMS,
+        "panel_slice": f":{PANEL_ITEMS}",
     }
     template = f"{PANEL}#panel" if _is_htmx(request) else PANEL
     return render(request, template, context, status=status)
@@ -185,7 +191,8 @@ def session_mcp_tool(request: HttpRequest, session_id: uuid.UUID, client_id: str
     for a plain browser, waited for here."""
     session = get_session_for(request, session_id, act=request.method == "POST")
     client, spec = _tool_of(session, client_id, tool)
-    form = ToolCallForm(spec.get("input_schema"), request.POST if request.method == "POST" else None)
+    raw = bool(spec.get("schema_omitted_bytes"))
+    form = ToolCallForm(spec.get("input_schema"), request.POST if request.method == "POST" else None, raw=raw)
     context: dict[str, Any] = {
         "session": session,
         "client": client,
@@ -285,6 +292,30 @@ def session_mcp_feed(request: HttpRequest, session_id: uuid.UUID) -> HttpRespons
     session = get_session_for(request, session_id, act=False)
     context = {"session": session, "calls": mcp_services.recent_tool_calls(session.id, limit=FEED_LIMIT)}
     return render(request, f"{PANEL}#feed", context)
+
+
+LISTING_KINDS = ("tools", "resources", "prompts")
+LISTING_PER_PAGE = 100
+
+
+@require_GET
+def session_mcp_listing(request: HttpRequest, session_id: uuid.UUID, client_id: str, kind: str) -> HttpResponse:
+    """One of a client's stored listings, a page at a time (the panel shows only the first
+    items of each)."""
+    session = get_session_for(request, session_id, act=False)
+    client = McpClient.objects.filter(session_id=session.id, client_id=client_id).exclude(status=McpClient.Status.CLOSED).first()
+    if client is None or kind not in LISTING_KINDS:
+        raise Http404("No such listing.")
+    page = Paginator(getattr(client, kind), LISTING_PER_PAGE).get_page(request.GET.get("page"))
+    context = {
+        "session": session,
+        "client": client,
+        "kind": kind,
+        "page": page,
+        "omitted": client.listing_omitted.get(kind, 0),
+        "can_operate": can_operate(request) and session.status == AgentSession.Status.ACTIVE,
+    }
+    return render(request, "sessionadmin/session_mcp_listing.html", context)
 
 
 # --- catalog ------------------------------------------------------------------------------------

@@ -493,6 +493,9 @@ class McpClient(models.Model):
     tools = models.JSONField(default=list, blank=True)
     resources = models.JSONField(default=list, blank=True)
     prompts = models.JSONField(default=list, blank=True)
+    # How many items of each listing were not stored (over the count or size cap):
+    # {"tools": n, "resources": n, "prompts": n}, kinds with none left out omitted.
+    listing_omitted = models.JSONField(default=dict, blank=True)
     last_verified_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)

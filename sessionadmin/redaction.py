@@ -49,6 +49,8 @@ _SPLIT = re.compile(r"[\s:=,]+")
 _BASIC = re.compile(r"^\s*basic\s+([A-Za-z0-9+/=_-]+)\s*$", re.IGNORECASE)
 # scheme://user:password@ or scheme://token@ in any text.
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-z][a-z0-9+.-]*://)[^/\s@]+@", re.IGNORECASE)
+# Extra characters redacted past a cut, for a URL's user info that straddles it.
+_CUT_MARGIN = 256
 # Deep enough for any listing or result we keep; deeper nesting is cut, not walked.
 MAX_DEPTH = 64
 
@@ -102,6 +104,9 @@ class Redactor:
             a, w = _needles(value)
             anywhere |= a
             words |= w
+        # How far a secret can reach: text cut at N is redacted up to N + longest first, so
+        # a secret straddling the cut is never left half-shown.
+        self.longest = max((len(n) for n in anywhere | words), default=0)
         self._anywhere = re.compile(_alternation(anywhere), re.IGNORECASE) if anywhere else None
         self._words = re.compile(rf"(?<![A-Za-z0-9])(?:{_alternation(words)})(?![A-Za-z0-9])") if words else None
 
@@ -180,6 +185,12 @@ class Redactor:
         if self._words is not None:
             value = self._words.sub(MARK, value)
         return value
+
+    def cut(self, value: str, limit: int) -> str:
+        """``value`` redacted and cut to ``limit`` characters (an ellipsis marks the cut),
+        without redacting more of it than can be kept."""
+        text = self.text(value[: limit + self.longest + _CUT_MARGIN])
+        return text if len(value) <= limit and len(text) <= limit else text[: limit - 1] + "…"
 
     def json(self, value: Any, _depth: int = 0) -> Any:
         """A copy of JSON-like data (dicts, lists, strings, numbers) with every string, keys

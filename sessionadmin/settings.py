@@ -254,6 +254,10 @@ SESSIONADMIN_MCP_MAX_RESULT_BYTES = env_int("SESSIONADMIN_MCP_MAX_RESULT_BYTES",
 # A tool call (agent or dashboard) through the gateway may run this long; handshakes, listings and
 # pings use the timeout above.
 SESSIONADMIN_MCP_CALL_TIMEOUT_SECONDS = env_float("SESSIONADMIN_MCP_CALL_TIMEOUT_SECONDS", 300.0, minimum=0.1)
+# What is stored of a server's listings, per client and per kind (tools, resources, prompts):
+# at most this many items and this many bytes; the page says how many were left out.
+SESSIONADMIN_MCP_MAX_LIST_ITEMS = env_int("SESSIONADMIN_MCP_MAX_LIST_ITEMS", 1000, minimum=1)
+SESSIONADMIN_MCP_MAX_LISTING_BYTES = env_int("SESSIONADMIN_MCP_MAX_LISTING_BYTES", 2 * 1024 * 1024, minimum=1024)
 # Absolute paths of the executables a stdio catalog entry may run (comma-separated). Empty, the
 # default, means no stdio entry can be saved or run. Checked when an entry is saved and again
 # before every connection, so narrowing the list stops entries saved before. An interpreter

@@ -131,8 +131,7 @@ class HostileServersTestCase(GatewayMixin, BaseTransactionTestCase):
     def called(self, count: int = 1) -> list[AuditEntry]:
         # Tool-call entries are written by the gateway in batches, a few ms after each call.
         return wait_for(
-            lambda: len(found := list(AuditEntry.objects.filter(event_type="mcp_tool_called").order_by("id"))) >= count
-            and found,
+            lambda: len(found := list(AuditEntry.objects.filter(event_type="mcp_tool_called").order_by("id"))) >= count and found,
             what="the tool-call audit entries",
         )
 
@@ -203,7 +202,13 @@ class EnvEchoTests(HostileServersTestCase):
         mcp_services.add_client(self.session.id, server=self.env_entry, actor="alice")
         page = self.client.post(self.tool_url("env-echo", "stderr_exit"), {}).content.decode()
         self.assertIn(f"could not authenticate with key {MARK}", page)
-        changed = AuditEntry.objects.get(event_type="mcp_client_status_changed")
+
+        # The gateway records the dead connection on its own, a moment after the call failed.
+        def status_change_with_error() -> AuditEntry | None:
+            entries = AuditEntry.objects.filter(event_type="mcp_client_status_changed")
+            return next((e for e in entries if "error" in e.details), None)
+
+        changed = wait_for(status_change_with_error, what="the status change")
         self.assertIn(MARK, changed.details["error"])
         self.assertIn(MARK, McpClient.objects.get(client_id="env-echo").last_error)
         self.assert_nowhere(page)

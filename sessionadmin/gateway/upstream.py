@@ -264,7 +264,7 @@ class Upstream:
                 self.last_error = f"{mcp_client.CLOSED}: {self.info.target.describe()} closed the connection"
                 stderr = self.process.stderr_tail()
                 if stderr:
-                    self.last_error += f" (server said: {Redactor.for_target(self.info.target).text(stderr)[:200]})"
+                    self.last_error += f" (server said: {Redactor.for_target(self.info.target).cut(stderr, 200)})"
         if scope.cancelled_caught and not self._stop.is_set():
             raise TimeoutError(f"no answer within {self.timeout:g} s")
 

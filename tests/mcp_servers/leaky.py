@@ -16,8 +16,8 @@ It tries to leak what it was given back to the dashboard:
   error quoting it;
 - its name, version and the description of ``keyed`` quote ``$API_KEY`` (stdio: the catalog
   entry's environment), so the listings stored from it carry the secret too;
-- ``--tools N`` lists N more tools (``bulk00000``...), ``--long`` gives each a 100 KB
-  description and a 200 KB input schema.
+- ``--tools N`` lists N more tools (``bulk00000``...), ``--long`` gives each a 15 KB
+  description and a ~40 KB input schema.
 
 Over HTTP it binds 127.0.0.1 on a port it picks and prints ``PORT <n>`` once it listens.
 """
@@ -96,13 +96,16 @@ def _bulk(count: int, long: bool) -> None:
     def bulk(value: int = 0) -> int:
         return value
 
-    server.add_tool(bulk, name="bulk")
+    # Unstructured and briefly described: 10,000 of them stay under the 4 MiB message cap.
+    server.add_tool(bulk, name="bulk", structured_output=False)
     base = server._tool_manager.get_tool("bulk")
     assert base is not None
-    description = ("A tool with a long description. " * 3200)[:100_000] if long else "A bulk tool."
+    # Long: a 15 KB description and a ~40 KB input schema each (50 of them stay under the 4 MiB
+    # message cap, far over what is stored of one tool).
+    description = ("A tool with a long description. " * 500)[:15_000] if long else "A bulk tool."
     parameters = base.parameters
     if long:
-        props = {f"field_{i:05d}": {"type": "string", "description": "x" * 40} for i in range(2500)}
+        props = {f"field_{i:05d}": {"type": "string", "description": "x" * 40} for i in range(500)}
         parameters = {"type": "object", "properties": props}
     for i in range(count):
         name = f"bulk{i:05d}"
