@@ -420,10 +420,11 @@ class ApiTokenForm(forms.ModelForm):
         return expires_at
 
 
-_TOKEN_CREATED_TEMPLATE = """{% extends "admin/base_site.html" %}
+_TOKEN_CREATED_TEMPLATE = """{% extends "admin/base_site.html" %}{% load static %}
+{% block extrastyle %}{{ block.super }}<link rel="stylesheet" href="{% static 'sessionadmin/admin.css' %}">{% endblock %}
 {% block content %}<h1>API token “{{ token.name }}” created</h1>
 <p>Copy it now: it is shown only this once (only its hash is stored).</p>
-<pre id="api-token" style="font-size:1.2em;padding:1em;background:var(--darkened-bg)">{{ raw }}</pre>
+<pre id="api-token">{{ raw }}</pre>
 <p><a href="{{ back }}">Back to the API tokens</a></p>{% endblock %}"""
 
 

@@ -171,6 +171,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "sessionadmin.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
@@ -229,6 +230,22 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # (413 above it).
 SESSIONADMIN_MAX_BODY_BYTES = env_int("SESSIONADMIN_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = SESSIONADMIN_MAX_BODY_BYTES
+
+# Content-Security-Policy of every response (sessionadmin/csp.py): scripts and styles only from
+# our own static files, nothing inline, no plugins, no <base>, never framed. Pages carry
+# server-sent text (MCP results, descriptions): even an escaping slip could not run a script.
+SESSIONADMIN_CSP: dict[str, list[str]] = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "frame-ancestors": ["'none'"],
+    "form-action": ["'self'"],
+}
 
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SESSIONADMIN_SECURE_COOKIES", False)
