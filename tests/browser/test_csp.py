@@ -16,8 +16,10 @@ from sessionadmin.manager import SessionManager
 from sessionadmin.models import McpServer, Org
 from tests.mcp_servers import RunningServer
 
-# A handshake or a call through the live server: generous, the machine may be busy.
+# A handshake or a call through the live server, or any htmx swap: generous, the machine may be
+# busy (these are waits for a state, never timing assertions).
 MCP_WAIT_MS = 30_000
+WAIT_MS = 15_000
 WATCH = """
 window.__cspViolations = [];
 document.addEventListener("securitypolicyviolation", function (event) {
@@ -84,7 +86,7 @@ def test_every_page_loads_without_csp_violations_and_htmx_works(
     # The harness sees a violation when there is one: an inline style attribute is refused.
     visit(page, f"{base}/accounts/login/", violations)
     page.evaluate("document.body.insertAdjacentHTML('beforeend', '<div id=\"probe\" style=\"color: red\"></div>')")
-    page.wait_for_timeout(200)
+    page.wait_for_function("window.__cspViolations.length > 0", timeout=WAIT_MS)  # reported asynchronously
     assert any("style-src" in v for v in violations.seen()), violations.seen()
     violations.clear()
 
@@ -94,7 +96,7 @@ def test_every_page_loads_without_csp_violations_and_htmx_works(
     # The session page: the MCP panel comes by htmx (hx-trigger=load), attaches, calls a tool.
     visit(page, f"{base}/sessions/{session.id}/", violations)
     panel = page.locator("#mcp-clients")
-    expect(panel).to_contain_text("No MCP client attached.")
+    expect(panel).to_contain_text("No MCP client attached.", timeout=WAIT_MS)
     panel.locator("select[name=server]").select_option(label="calculator (Streamable HTTP)")
     panel.get_by_role("button", name="Attach").click()
     client = page.locator("#mcp-client-calculator")
@@ -105,7 +107,7 @@ def test_every_page_loads_without_csp_violations_and_htmx_works(
     form.locator("input[name=arg_b]").fill("23")
     form.get_by_role("button", name="Call add").click()
     expect(page.locator("#call-calculator .tool-result .result-text")).to_have_text("42", timeout=MCP_WAIT_MS)
-    expect(page.locator("#detail-timeline")).to_contain_text("mcp_tool_called")  # refreshed on the htmx event
+    expect(page.locator("#detail-timeline")).to_contain_text("mcp_tool_called", timeout=WAIT_MS)  # refreshed by htmx
     assert page.evaluate("document.querySelectorAll('style').length") == 0  # htmx injected no <style>
     assert violations.seen() == []
 
@@ -124,7 +126,7 @@ def test_every_page_loads_without_csp_violations_and_htmx_works(
     page.fill("#org-create input[name=id]", "initech")
     page.fill("#org-create input[name=name]", "Initech")
     page.get_by_role("button", name="Create org").click()
-    expect(page.locator(".message-success")).to_have_text("Org initech created.")
+    expect(page.locator(".message-success")).to_have_text("Org initech created.", timeout=WAIT_MS)
     assert page.locator(".meter > span").first.evaluate("e => e.style.width") == "25%"
     for path in (
         "/sessions/new/",
@@ -153,12 +155,12 @@ def test_every_page_loads_without_csp_violations_and_htmx_works(
     page.goto(f"{base}/admin/sessionadmin/apitoken/add/")
     page.fill("input[name=name]", "csp-token")
     page.locator("input[name=_save]").click()
-    expect(page.locator("#api-token")).to_be_visible()
+    expect(page.locator("#api-token")).to_be_visible(timeout=WAIT_MS)
     assert page.locator("#api-token").evaluate("e => getComputedStyle(e).fontSize") != page.locator("p").first.evaluate(
         "e => getComputedStyle(e).fontSize"
     )  # admin.css applies
     page.goto(f"{base}/admin/sessionadmin/auditentry/")
     page.locator("#changelist-filter a", has_text="mcp_tool_called").first.click()  # admin JS: filters
-    expect(page.locator("#result_list")).to_contain_text("mcp_tool_called")
+    expect(page.locator("#result_list")).to_contain_text("mcp_tool_called", timeout=WAIT_MS)
     assert violations.seen() == []
     page.screenshot(path=str(artifacts_dir / "csp_admin.png"), full_page=True)
