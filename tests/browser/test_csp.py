@@ -1,6 +1,7 @@
 """The Content-Security-Policy in a real browser: every dashboard page and the admin load with no
 CSP violation (console and ``securitypolicyviolation`` events), and htmx still works under it
-(the MCP panel loads, attaches, calls a tool; the list polls; an org is created inline)."""
+(the MCP panel loads, attaches through the real gateway, calls a tool and polls for its result;
+the list polls; an org is created inline)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from playwright.sync_api import expect
 from sessionadmin import mcp_services
 from sessionadmin.manager import SessionManager
 from sessionadmin.models import McpServer, Org
+from tests.gateway import RunningGateway
 from tests.mcp_servers import RunningServer
 
 # A handshake or a call through the live server, or any htmx swap: generous, the machine may be
@@ -56,6 +58,20 @@ def mcp_http_server() -> Iterator[RunningServer]:
     server = RunningServer("streamable-http")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(django_db_setup: Any, django_db_blocker: Any) -> Iterator[RunningGateway]:
+    with django_db_blocker.unblock():
+        running = RunningGateway()
+    yield running
+    running.stop()
+
+
+@pytest.fixture(autouse=True)
+def use_gateway(gateway: RunningGateway) -> Iterator[None]:
+    with gateway.settings():
+        yield
 
 
 def visit(page: Any, url: str, violations: Violations) -> None:
