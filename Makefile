@@ -74,6 +74,10 @@ setup: install
 # sessionadmin/management/commands/run.py). SESSIONADMIN_BIND=host:port changes the address.
 # The demo's MCP servers run on this machine: loopback must be listed for the URL policy.
 run: export SESSIONADMIN_MCP_ALLOWED_HOSTS ?= 127.0.0.1
+# The demo's stdio allow-list (unless the environment gives one): this venv's python, so the
+# test server (tests/mcp_servers/server.py) can be put in the catalog. An interpreter runs
+# whatever its arguments say: production lists dedicated server executables instead.
+run: export SESSIONADMIN_STDIO_COMMANDS ?= $(abspath $(BIN))/python
 run: setup run-deps
 	$(MANAGE) migrate --no-input
 	$(MANAGE) ensure_operator

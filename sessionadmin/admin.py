@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
@@ -19,7 +19,8 @@ from django.utils.html import format_html
 
 from sessionadmin import lifecycle, services, tokens
 from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceRun, Org, PromptLayer
-from sessionadmin.roles import OPERATE_PERMISSION
+from sessionadmin.redaction import Redactor, redact_shown_entries
+from sessionadmin.roles import MANAGE_CATALOG_PERMISSION, OPERATE_PERMISSION
 
 
 class SafeDateHierarchy:
@@ -233,6 +234,19 @@ class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
         text = ", ".join(f"{k}={v}" for k, v in (obj.details or {}).items())
         return text if len(text) <= 120 else text[:117] + "..."
 
+    # Details are shown redacted against every catalog secret (rows written before redaction
+    # covered them stay append-only; see redaction.redact_shown_entries).
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        changelist = super().get_changelist_instance(request)
+        redact_shown_entries(changelist.result_list)
+        return changelist
+
+    def get_object(self, request: HttpRequest, object_id: str, from_field: str | None = None) -> Any:
+        entry = super().get_object(request, object_id, from_field)
+        if entry is not None:
+            redact_shown_entries([entry])
+        return entry
+
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> tuple[QuerySet[Any], bool]:
         # Exact matches only, each served by an index (audit_session_at_idx, audit_user_at_idx,
         # audit_actor_at_idx), instead of the default icontains scan of the whole table.
@@ -269,8 +283,9 @@ class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
 
         def rows() -> Iterator[str]:
             yield writer.writerow(self.CSV_COLUMNS)
+            redactor = Redactor.for_catalog()
             for entry in queryset.order_by("-at", "-id").iterator(chunk_size=2000):
-                details = json.dumps(entry.details, sort_keys=True, default=str)
+                details = json.dumps(redactor.json(entry.details), sort_keys=True, default=str)
                 texts = [entry.event_type, entry.actor, entry.user_id, entry.org_id]
                 yield writer.writerow([entry.at.isoformat(), *map(_csv_cell, texts), entry.session_id or "", _csv_cell(details)])
 
@@ -282,7 +297,7 @@ class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
 # --- MCP servers and clients ----------------------------------------------------------------
 
 from sessionadmin import mcp_services  # noqa: E402
-from sessionadmin.mcp_forms import McpServerForm  # noqa: E402
+from sessionadmin.mcp_forms import McpServerForm, cleared_secrets_notice  # noqa: E402
 from sessionadmin.models import McpClient, McpServer  # noqa: E402
 from sessionadmin.secrets import masked_mapping  # noqa: E402
 
@@ -330,12 +345,30 @@ class McpServerAdmin(admin.ModelAdmin):
     def masked_env(self, obj: McpServer) -> str:
         return ", ".join(f"{k}={v}" for k, v in masked_mapping(mcp_services.stored_secrets(obj)[1]).items()) or "—"
 
+    # One right decides what runs: MCP admins' ``manage_mcp_catalog``, not the model's
+    # add/change/delete permissions (which Operators used to hold).
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm(MANAGE_CATALOG_PERMISSION)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm(MANAGE_CATALOG_PERMISSION)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return request.user.has_perm(MANAGE_CATALOG_PERMISSION)
+
     def save_model(self, request: HttpRequest, obj: McpServer, form: Any, change: bool) -> None:
         headers, env = form.secrets_to_store()
         mcp_services.save_server(obj, actor=request.user.get_username(), headers=headers, env=env)
+        if obj.secrets_cleared:
+            self.message_user(request, cleared_secrets_notice(obj), level=messages.WARNING)
 
     def delete_model(self, request: HttpRequest, obj: McpServer) -> None:
         mcp_services.delete_server(obj, actor=request.user.get_username())
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[McpServer]) -> None:
+        # The bulk "delete selected" action too: clients closed, audited, configs rewritten.
+        for server in queryset:
+            mcp_services.delete_server(server, actor=request.user.get_username())
 
 
 @admin.register(McpClient)
@@ -346,6 +379,17 @@ class McpClientAdmin(ReadOnlyAdmin):
     list_filter = ["status", "transport"]
     search_fields = ["client_id", "server_name", "session__id"]
     list_select_related = ["session", "server"]
+    # The listings can hold thousands of items: counted here, shown a page at a time on the
+    # dashboard (session_mcp_listing).
+    exclude = ["tools", "resources", "prompts", "pinned_tools", "quarantined_tools"]
+    readonly_fields = ["listings"]
+
+    @admin.display(description="listings")
+    def listings(self, obj: McpClient) -> str:
+        counts = ", ".join(f"{len(getattr(obj, kind))} {kind}" for kind in ("tools", "resources", "prompts"))
+        omitted = ", ".join(f"{n} {kind}" for kind, n in (obj.listing_omitted or {}).items())
+        pins = f"; {len(obj.pinned_tools or {})} tools pinned, {len(obj.quarantined_tools or {})} quarantined"
+        return f"{counts} stored" + (f"; left out: {omitted}" if omitted else "") + pins
 
 
 # --- Maintenance runs -----------------------------------------------------------------------
@@ -376,10 +420,11 @@ class ApiTokenForm(forms.ModelForm):
         return expires_at
 
 
-_TOKEN_CREATED_TEMPLATE = """{% extends "admin/base_site.html" %}
+_TOKEN_CREATED_TEMPLATE = """{% extends "admin/base_site.html" %}{% load static %}
+{% block extrastyle %}{{ block.super }}<link rel="stylesheet" href="{% static 'sessionadmin/admin.css' %}">{% endblock %}
 {% block content %}<h1>API token “{{ token.name }}” created</h1>
 <p>Copy it now: it is shown only this once (only its hash is stored).</p>
-<pre id="api-token" style="font-size:1.2em;padding:1em;background:var(--darkened-bg)">{{ raw }}</pre>
+<pre id="api-token">{{ raw }}</pre>
 <p><a href="{{ back }}">Back to the API tokens</a></p>{% endblock %}"""
 
 

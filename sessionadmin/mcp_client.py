@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from sessionadmin import mcp_limits, netpolicy, sandbox
+from sessionadmin import mcp_limits, netpolicy, redaction, sandbox
+from sessionadmin.redaction import Redactor
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -243,7 +244,8 @@ async def _guarded(target: Target, timeout: float, op: Callable[[Any], Awaitable
     probe = Probe()
     stderr = StderrTail() if target.transport == "stdio" else None
     try:
-        with anyio.fail_after(timeout):
+        # What the SDK logs about this server meanwhile is redacted too (RedactingFilter).
+        with redaction.scope(Redactor.for_target(target)), anyio.fail_after(timeout):
             async with _client(target, timeout, probe, stderr) as client:
                 probe.connected = True
                 return await op(client)
@@ -883,7 +885,7 @@ def map_error(exc: BaseException, target: Target, timeout: float, probe: Probe |
         error = _classify_stdio(leaves, target, timeout, stderr)
     else:
         error = _classify_http(leaves, target, timeout, probe)
-    return McpError(error.kind, redact(error.detail, target.secrets()))
+    return McpError(error.kind, Redactor.for_target(target).text(error.detail))
 
 
 def _classify_stdio(leaves: list[BaseException], target: Target, timeout: float, stderr: str) -> McpError:
@@ -962,10 +964,8 @@ def anyio_closed_errors() -> tuple[type[BaseException], ...]:
 
 
 def redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in sorted(secrets, key=len, reverse=True):
-        if len(secret) >= 3:
-            text = text.replace(secret, "[redacted]")
-    return text
+    """``text`` without these secrets (see ``sessionadmin.redaction``)."""
+    return Redactor(secrets).text(text)
 
 
 # --- results as plain data --------------------------------------------------------------------

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 from django import forms
+from django.conf import settings
 
 from sessionadmin.mcp_services import CLIENT_ID_RE, check_read_only_paths, url_policy_error
 from sessionadmin.models import McpServer
@@ -27,7 +28,11 @@ class AttachForm(forms.Form):
     def __init__(self, *args: Any, allow_adhoc: bool, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.allow_adhoc = allow_adhoc
-        self.fields["server"].queryset = McpServer.objects.filter(enabled=True).order_by("name")  # type: ignore[attr-defined]
+        server_field = self.fields["server"]
+        server_field.queryset = McpServer.objects.filter(enabled=True).order_by("name")  # type: ignore[attr-defined]
+        # Entries the stdio allow-list refuses stay visible (an operator should learn why one
+        # cannot be attached, not wonder where it went); attaching one is refused and audited.
+        server_field.label_from_instance = lambda s: f"{s} — not allowed" if s.refusal else str(s)  # type: ignore[attr-defined]
         if not allow_adhoc:
             del self.fields["url"]
             del self.fields["transport"]
@@ -91,13 +96,15 @@ class McpServerForm(forms.ModelForm):
         required=False,
         widget=SecretTextarea(attrs={"rows": 3, "autocomplete": "off"}),
         label="Headers",
-        help_text="Name: value per line. Empty keeps the stored headers.",
+        help_text="Name: value per line. Empty keeps the stored headers, unless the transport or URL changes: "
+        "secrets are bound to their target, so enter them again with a new one.",
     )
     env_text = forms.CharField(
         required=False,
         widget=SecretTextarea(attrs={"rows": 3, "autocomplete": "off"}),
         label="Environment",
-        help_text="NAME=value per line. Empty keeps the stored values.",
+        help_text="NAME=value per line. Empty keeps the stored values, unless the command or arguments change: "
+        "enter them again with a new one.",
     )
     clear_headers = forms.BooleanField(required=False, label="Remove all stored headers")
     clear_env = forms.BooleanField(required=False, label="Remove all stored environment values")
@@ -117,6 +124,13 @@ class McpServerForm(forms.ModelForm):
         if self.instance.pk and not self.is_bound:
             self.initial["args_text"] = "\n".join(str(a) for a in self.instance.args or [])
             self.initial["read_only_paths_text"] = "\n".join(str(p) for p in self.instance.read_only_paths or [])
+        allowed = settings.SESSIONADMIN_STDIO_COMMANDS
+        if "command" in self.fields:  # absent from the admin's view-only form
+            self.fields["command"].help_text = (
+                f"stdio: one of the allowed executables ({', '.join(allowed)})."
+                if allowed
+                else "stdio: no command is allowed on this installation (SESSIONADMIN_STDIO_COMMANDS is empty)."
+            )
 
     def clean_headers_text(self) -> dict[str, str] | None:
         text = self.cleaned_data.get("headers_text", "")
@@ -149,6 +163,12 @@ class McpServerForm(forms.ModelForm):
         headers = {} if self.cleaned_data.get("clear_headers") else self.cleaned_data.get("headers_text")
         env = {} if self.cleaned_data.get("clear_env") else self.cleaned_data.get("env_text")
         return headers, env
+
+
+def cleared_secrets_notice(server: McpServer) -> str:
+    """What to tell the person who saved an entry whose secrets ``save_server`` removed."""
+    names = " and ".join({"headers": "headers", "env": "environment values"}[n] for n in server.secrets_cleared)
+    return f"The target of {server.name} changed: its stored {names} were removed. Enter them again if the new target needs them."
 
 
 # --- tool calls ---------------------------------------------------------------------------------
@@ -197,12 +217,25 @@ class ToolCallForm(forms.Form):
     """Fields generated from a tool's input schema: strings, numbers, integers, booleans and
     enums get their own inputs; anything nested (objects, arrays, unions) a JSON textarea."""
 
-    def __init__(self, schema: dict[str, Any] | None, *args: Any, **kwargs: Any) -> None:
+    RAW = "arguments"
+
+    def __init__(self, schema: dict[str, Any] | None, *args: Any, raw: bool = False, **kwargs: Any) -> None:
+        """``raw``: the tool's schema was too large to store; its arguments are typed as one
+        JSON object."""
         super().__init__(*args, **kwargs)
+        self.raw = raw
+        if raw:
+            self.fields[self.RAW] = forms.CharField(
+                initial="{}",
+                widget=forms.Textarea(attrs={"rows": 6, "class": "json"}),
+                help_text="The tool's input schema was too large to keep: its arguments, as a JSON object.",
+            )
+            self.kinds: dict[str, str] = {}
+            return
         self.schema = schema if isinstance(schema, dict) else {}
         props = self.schema.get("properties") if isinstance(self.schema.get("properties"), dict) else {}
         required = set(self.schema.get("required") or [])
-        self.kinds: dict[str, str] = {}
+        self.kinds = {}
         self.enum_values: dict[str, list[Any]] = {}
         for name, raw in (props or {}).items():
             prop = _resolve(self.schema, raw if isinstance(raw, dict) else {})
@@ -216,6 +249,8 @@ class ToolCallForm(forms.Form):
 
     def arguments(self) -> dict[str, Any]:
         """The tool's arguments from cleaned data; empty optional fields are left out."""
+        if self.raw:
+            return dict(self.cleaned_data[self.RAW])
         out: dict[str, Any] = {}
         for name, kind in self.kinds.items():
             value = self.cleaned_data.get(f"arg_{name}")
@@ -233,6 +268,14 @@ class ToolCallForm(forms.Form):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
+        if self.raw and self.RAW in data:
+            try:
+                data[self.RAW] = json.loads(data[self.RAW])
+            except ValueError as exc:
+                self.add_error(self.RAW, f"Not valid JSON: {exc}")
+            else:
+                if not isinstance(data[self.RAW], dict):
+                    self.add_error(self.RAW, "The arguments must be a JSON object.")
         for name, kind in self.kinds.items():
             key = f"arg_{name}"
             if kind == "json" and data.get(key) not in (None, ""):

@@ -24,7 +24,7 @@ import re
 import secrets as pysecrets
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from sessionadmin.gateway_client import GatewayError, GatewayUnavailable
 from sessionadmin.lifecycle import InvalidInput, MCPClientNotFound, SessionError, SessionNotFound, parse_session_id
 from sessionadmin.mcp_client import Snapshot, Target, ToolResult
 from sessionadmin.models import AgentSession, AuditEntry, GatewayToken, McpClient, McpServer
+from sessionadmin.redaction import Redactor, safe_url
 from sessionadmin.secrets import SecretsError, decrypt_mapping, encrypt_mapping
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ TOKEN_SCHEME = "sgw"
 TOKEN_PREFIX_LENGTH = len(TOKEN_SCHEME) + 1 + 8
 # How long a dashboard call is polled from a plain (non-htmx) request before giving up.
 SYNC_CALL_POLL_SECONDS = 0.05
+# The kind of McpOperationFailed when policy forbids the connection (a stdio command that is
+# not, or no longer, in SESSIONADMIN_STDIO_COMMANDS): nothing was started.
+NOT_ALLOWED = "not allowed"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -154,37 +158,77 @@ def _check_server_policy(server: McpServer) -> None:
         raise ValidationError(errors)
 
 
+def _target_changes(before: McpServer, after: McpServer) -> dict[str, dict[str, Any]]:
+    """What changed in where an entry connects or what it runs: {"url": {"from", "to"}, ...}.
+    URLs are recorded without credentials or query values."""
+    changes: dict[str, dict[str, Any]] = {}
+    if before.transport != after.transport:
+        changes["transport"] = {"from": before.transport, "to": after.transport}
+    if before.url != after.url:
+        changes["url"] = {"from": safe_url(before.url), "to": safe_url(after.url)}
+    if before.command != after.command:
+        changes["command"] = {"from": before.command, "to": after.command}
+    if [str(a) for a in before.args or []] != [str(a) for a in after.args or []]:
+        changes["args"] = {"from": list(before.args or []), "to": list(after.args or [])}
+    return changes
+
+
+def _sandbox_changes(before: McpServer, after: McpServer) -> dict[str, dict[str, Any]]:
+    """Changes of a stdio entry's sandbox, for the record (they do not move its secrets)."""
+    changes: dict[str, dict[str, Any]] = {}
+    if bool(before.network) != bool(after.network):
+        changes["network"] = {"from": bool(before.network), "to": bool(after.network)}
+    if list(before.read_only_paths or []) != list(after.read_only_paths or []):
+        changes["read_only_paths"] = {"from": list(before.read_only_paths or []), "to": list(after.read_only_paths or [])}
+    return changes
+
+
 def save_server(
     server: McpServer, *, actor: str, headers: dict[str, str] | None = None, env: dict[str, str] | None = None
 ) -> McpServer:
     """Create or update a catalog entry. Audited with the names of its secrets, not the values.
     Its URL must pass the outbound URL policy and its read-only paths the sandbox's checks.
-    Live connections of an updated entry reconnect to its new target once this commits."""
+
+    Secrets are bound to their target: when the transport, URL, command or arguments change,
+    stored headers and environment values that were not entered again in this same save are
+    removed (``server.secrets_cleared`` says which), so a credential never follows an entry to
+    another host or program. ``mcp_server_updated`` records the old and new target. Live
+    connections of an updated entry reconnect to its new target once this commits."""
     creating = server._state.adding
-    set_server_secrets(server, headers=headers, env=env)
+    # Validation (the URL policy resolves host names) happens before the row is locked.
     server.full_clean()
     _check_server_policy(server)
     with transaction.atomic():
+        before = None if creating else McpServer.objects.select_for_update().filter(pk=server.pk).first()
+        changes = _target_changes(before, server) if before is not None else {}
+        cleared: list[str] = []
+        if changes and before is not None:
+            if headers is None and before.headers_encrypted:
+                headers = {}
+                cleared.append("headers")
+            if env is None and before.env_encrypted:
+                env = {}
+                cleared.append("env")
+        set_server_secrets(server, headers=headers, env=env)
         server.save()
-        audit.write(
-            [
-                audit.entry(
-                    "mcp_server_created" if creating else "mcp_server_updated",
-                    actor=actor,
-                    details={
-                        "server": server.name,
-                        "transport": server.transport,
-                        "header_names": sorted(server_headers(server)),
-                        "env_names": sorted(server_env(server)),
-                        **(
-                            {"network": server.network, "read_only_paths": list(server.read_only_paths or [])}
-                            if server.transport == McpServer.Transport.STDIO
-                            else {}
-                        ),
-                    },
-                )
-            ]
-        )
+        server.secrets_cleared = tuple(cleared)
+        details: dict[str, Any] = {
+            "server": server.name,
+            "transport": server.transport,
+            "header_names": sorted(server_headers(server)),
+            "env_names": sorted(server_env(server)),
+        }
+        if server.transport == McpServer.Transport.STDIO:
+            details |= {"network": server.network, "read_only_paths": list(server.read_only_paths or [])}
+        if creating:
+            details["target"] = safe_url(server.url) if server.url else [server.command, *server.args]
+        else:
+            details["changes"] = changes | (_sandbox_changes(before, server) if before is not None else {})
+            details["secrets_cleared"] = cleared
+        # An argument may repeat a secret value (``--token=...``): the record shows neither.
+        redactor = Redactor.for_server(server) + (Redactor.for_server(before) if before is not None else Redactor())
+        event = "mcp_server_created" if creating else "mcp_server_updated"
+        audit.write([audit.entry(event, actor=actor, details=redactor.json(details))])
         if not creating:
             pks = list(
                 McpClient.objects.filter(server=server).exclude(status=McpClient.Status.CLOSED).values_list("pk", flat=True)
@@ -255,7 +299,13 @@ def _http_policy() -> dict[str, Any]:
 
 
 def _target_of_server(server: McpServer, session: AgentSession) -> Target:
+    """The connection target of a catalog entry. The stdio allow-list is checked here, before
+    every connection, so an entry saved before the list changed (or written around the
+    service layer) never runs."""
     if server.transport == McpServer.Transport.STDIO:
+        refusal = server.refusal
+        if refusal:
+            raise McpOperationFailed(f"{NOT_ALLOWED}: catalog entry {server.name!r}: {refusal}", kind=NOT_ALLOWED)
         return Target(
             "stdio",
             command=server.command,
@@ -449,6 +499,17 @@ def add_client(
     client_id = _check_client_id(client_id or default_id.replace("__", "_")[:100] or "server")
     if McpClient.objects.filter(session_id=session.id, client_id=client_id).exclude(status=McpClient.Status.CLOSED).exists():
         raise InvalidInput(f"client id {client_id!r} is already attached to this session")
+    if catalog is not None and catalog.refusal:
+        # Refused here, audited, and nothing started (the gateway checks again when it connects).
+        error = f"{NOT_ALLOWED}: catalog entry {catalog.name!r}: {catalog.refusal}"
+        label = {
+            "client_id": client_id,
+            "server": catalog.name,
+            "transport": transport,
+            "target": os.path.basename(catalog.command),
+        }
+        record_add_failed(session.id, label, kind=NOT_ALLOWED, error=error, actor=actor)
+        raise McpOperationFailed(error, kind=NOT_ALLOWED)
     timeout = timeout or timeout_default()
     try:
         answer = gateway_client.attach(
@@ -479,6 +540,104 @@ def _resolve_server(server: McpServer | int | str) -> McpServer:
     if found is None or not found.enabled:
         raise InvalidInput("no such enabled MCP server in the catalog")
     return found
+
+
+def _apply_snapshot(client: McpClient, snapshot: Snapshot, now: datetime, redactor: Redactor) -> None:
+    """Store what a handshake found. All of it is the server's own text: redacted, and capped
+    (see ``_stored_listing``) so a server listing 10,000 tools cannot bloat the row or a page."""
+    client.server_name = redactor.cut(snapshot.server_name, 200)
+    client.server_version = redactor.cut(snapshot.server_version, 100)
+    client.protocol_version = redactor.cut(snapshot.protocol_version, 50)
+    capabilities = snapshot.capabilities if isinstance(snapshot.capabilities, dict) else {}
+    if _json_size(capabilities) > MAX_CAPABILITIES_BYTES:
+        capabilities = {str(name)[:NAME_CHARS]: {} for name in list(capabilities)[:50]}
+    client.capabilities = redactor.json(capabilities)
+    client.tools, tools_out = _stored_listing(snapshot.tools, _stored_tool, redactor)
+    client.resources, resources_out = _stored_listing(snapshot.resources, _stored_resource, redactor)
+    client.prompts, prompts_out = _stored_listing(snapshot.prompts, _stored_prompt, redactor)
+    omitted = {"tools": tools_out, "resources": resources_out, "prompts": prompts_out}
+    client.listing_omitted = {kind: n for kind, n in omitted.items() if n}
+    client.last_verified_at = now
+    client.last_error = ""
+
+
+# What is stored of one listed item: names and titles, descriptions, and an input schema up to
+# this size (a bigger one is left out: the tool is then called with a JSON object of arguments).
+NAME_CHARS = 200
+DESCRIPTION_CHARS = 2000
+MAX_SCHEMA_BYTES = 32 * 1024
+MAX_CAPABILITIES_BYTES = 16 * 1024
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(json.dumps(value, default=str))
+    except (TypeError, ValueError, RecursionError):
+        return MAX_SCHEMA_BYTES + 1  # unserialisable is as good as too big
+
+
+def _stored_tool(item: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": redactor.cut(str(item.get("name") or ""), NAME_CHARS),
+        "title": redactor.cut(str(item.get("title") or ""), NAME_CHARS),
+        "description": redactor.cut(str(item.get("description") or ""), DESCRIPTION_CHARS),
+    }
+    schema = item.get("input_schema") if isinstance(item.get("input_schema"), dict) else {}
+    size = _json_size(schema)
+    if size > MAX_SCHEMA_BYTES:
+        out["input_schema"], out["schema_omitted_bytes"] = {}, size
+    else:
+        out["input_schema"] = redactor.json(schema)
+    for key in ("output_schema", "annotations"):
+        value = item.get(key)
+        if isinstance(value, dict) and _json_size(value) <= MAX_SCHEMA_BYTES:
+            out[key] = redactor.json(value)
+    return out
+
+
+def _stored_resource(item: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    return {
+        "uri": redactor.cut(str(item.get("uri") or ""), DESCRIPTION_CHARS),
+        "name": redactor.cut(str(item.get("name") or ""), NAME_CHARS),
+        "description": redactor.cut(str(item.get("description") or ""), DESCRIPTION_CHARS),
+        "mime_type": redactor.cut(str(item.get("mime_type") or ""), NAME_CHARS),
+    }
+
+
+def _stored_prompt(item: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    arguments = item.get("arguments") if isinstance(item.get("arguments"), list) else []
+    return {
+        "name": redactor.cut(str(item.get("name") or ""), NAME_CHARS),
+        "description": redactor.cut(str(item.get("description") or ""), DESCRIPTION_CHARS),
+        "arguments": [
+            {"name": redactor.cut(str(a.get("name") or ""), NAME_CHARS), "required": bool(a.get("required"))}
+            for a in (arguments or [])[:100]
+            if isinstance(a, dict)
+        ],
+    }
+
+
+def _stored_listing(
+    items: list[dict[str, Any]], store: Callable[[dict[str, Any], Redactor], dict[str, Any]], redactor: Redactor
+) -> tuple[list[dict[str, Any]], int]:
+    """The items to store, in the server's order, and how many were left out: at most
+    SESSIONADMIN_MCP_MAX_LIST_ITEMS items and SESSIONADMIN_MCP_MAX_LISTING_BYTES bytes."""
+    max_items = settings.SESSIONADMIN_MCP_MAX_LIST_ITEMS
+    budget = settings.SESSIONADMIN_MCP_MAX_LISTING_BYTES
+    kept: list[dict[str, Any]] = []
+    for item in items[:max_items]:
+        stored = store(item if isinstance(item, dict) else {}, redactor)
+        budget -= _json_size(stored)
+        if budget < 0:
+            break
+        kept.append(stored)
+    return kept, len(items) - len(kept)
+
+
+def _mcp_entry(event: str, session: AgentSession, actor: str, details: dict[str, Any], redactor: Redactor) -> Any:
+    """An audit entry about one session's MCP client, its details redacted (they may quote
+    what the server said)."""
+    return audit.session_entry(event, session, actor, redactor.json(details))
 
 
 def remove_client(session_id: uuid.UUID | str, client_id: str, *, actor: str) -> McpClient:
@@ -731,21 +890,30 @@ def attach_target(session_id: uuid.UUID, *, server_id: int | None, url: str, tra
 
 
 def record_add_failed(session_id: uuid.UUID, label: dict[str, Any], *, kind: str, error: str, actor: str) -> None:
+    """``mcp_client_add_failed``, its error redacted with the secrets of the catalog entry it
+    names (an ad-hoc URL has none stored; credentials in URLs are always redacted)."""
     with transaction.atomic():
         session = AgentSession.objects.filter(pk=session_id).first()
         if session is None:
             return
-        audit.write(
-            [
-                audit.session_entry(
-                    "mcp_client_add_failed", session, actor, {**label, "kind": kind, "error": error[: audit.MAX_DETAIL_TEXT]}
-                )
-            ]
-        )
+        server = McpServer.objects.filter(name=label.get("server")).first() if label.get("server") else None
+        details = {**label, "kind": kind, "error": error[: audit.MAX_DETAIL_TEXT]}
+        audit.write([_mcp_entry("mcp_client_add_failed", session, actor, details, Redactor.for_server(server))])
 
 
-def pins_of(snapshot: Snapshot) -> dict[str, Any]:
-    return {t["name"]: {"sha256": mcp_client.definition_sha256(t), "definition": t} for t in snapshot.tools}
+def listed_tools(snapshot: Snapshot) -> list[dict[str, Any]]:
+    """The tools of a listing that are pinned and served: the first
+    SESSIONADMIN_MCP_MAX_LIST_ITEMS (those past the cap are never pinned, so the endpoint
+    neither lists nor calls them, and they are not quarantined either)."""
+    return list(snapshot.tools[: settings.SESSIONADMIN_MCP_MAX_LIST_ITEMS])
+
+
+def pins_of(snapshot: Snapshot, redactor: Redactor) -> dict[str, Any]:
+    """The pin of every listed tool: the hash of its definition as the server sent it, and a
+    copy of the definition for review, redacted (it is stored and shown)."""
+    return {
+        t["name"]: {"sha256": mcp_client.definition_sha256(t), "definition": redactor.json(t)} for t in listed_tools(snapshot)
+    }
 
 
 def record_attached(
@@ -770,6 +938,7 @@ def record_attached(
         if McpClient.objects.filter(session_id=session.id, client_id=client_id).exclude(status=McpClient.Status.CLOSED).exists():
             raise InvalidInput(f"client id {client_id!r} is already attached to this session")
         catalog = McpServer.objects.filter(pk=server_id).first() if server_id is not None else None
+        redactor = Redactor.for_server(catalog) if catalog is not None else Redactor.for_url(url)
         client = McpClient(
             session=session,
             client_id=client_id,
@@ -779,14 +948,14 @@ def record_attached(
             status=McpClient.Status.CONNECTED,
             created_at=now,
             created_by=actor,
-            pinned_tools=pins_of(snapshot),
+            pinned_tools=pins_of(snapshot, redactor),
             quarantined_tools={},
         )
-        _apply_snapshot(client, snapshot, now)
+        _apply_snapshot(client, snapshot, now, redactor)
         client.save(force_insert=True)
         audit.write(
             [
-                audit.session_entry(
+                _mcp_entry(
                     "mcp_client_added",
                     session,
                     actor,
@@ -795,11 +964,13 @@ def record_attached(
                         "server": catalog.name if catalog else "",
                         "transport": transport,
                         "target": target.describe(),
-                        "server_name": snapshot.server_name,
-                        "server_version": snapshot.server_version,
-                        "protocol_version": snapshot.protocol_version,
+                        "server_name": client.server_name,
+                        "server_version": client.server_version,
+                        "protocol_version": client.protocol_version,
                         "tools": len(snapshot.tools),
+                        "listing_omitted": client.listing_omitted,
                     },
+                    redactor,
                 )
             ]
         )
@@ -813,18 +984,6 @@ def record_attached(
     return client
 
 
-def _apply_snapshot(client: McpClient, snapshot: Snapshot, now: datetime) -> None:
-    client.server_name = snapshot.server_name[:200]
-    client.server_version = snapshot.server_version[:100]
-    client.protocol_version = snapshot.protocol_version[:50]
-    client.capabilities = snapshot.capabilities
-    client.tools = snapshot.tools
-    client.resources = snapshot.resources
-    client.prompts = snapshot.prompts
-    client.last_verified_at = now
-    client.last_error = ""
-
-
 def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[str, Any] | None:
     """A later listing of a live connection (refresh, reconnect, upstream list_changed): store
     it, and quarantine every tool whose definition differs from its pin or that was not there
@@ -836,15 +995,16 @@ def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[st
             McpClient.objects.select_for_update(of=("self",))
             .filter(pk=client_pk)
             .exclude(status=McpClient.Status.CLOSED)
-            .select_related("session")
+            .select_related("session", "server")
             .first()
         )
         if client is None:
             return None
+        redactor = Redactor.for_client(client)
         pinned = dict(client.pinned_tools or {})
         quarantined = dict(client.quarantined_tools or {})
         entries = []
-        for definition in snapshot.tools:
+        for definition in listed_tools(snapshot):
             name = definition["name"]
             new = mcp_client.definition_sha256(definition)
             old = pinned.get(name, {}).get("sha256")
@@ -853,19 +1013,24 @@ def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[st
                 continue
             if quarantined.get(name, {}).get("new_sha256") == new:
                 continue  # already held for review
-            quarantined[name] = {"old_sha256": old, "new_sha256": new, "definition": definition, "at": now.isoformat()}
+            quarantined[name] = {
+                "old_sha256": old,
+                "new_sha256": new,
+                "definition": redactor.json(definition),
+                "at": now.isoformat(),
+            }
             entries.append(
                 audit.session_entry(
                     "mcp_tool_changed",
                     client.session,
                     actor,
-                    {"client_id": client.client_id, "tool": name[:200], "old_sha256": old, "new_sha256": new},
+                    redactor.json({"client_id": client.client_id, "tool": name[:200], "old_sha256": old, "new_sha256": new}),
                     at=now,
                 )
             )
-        listed = {t["name"] for t in snapshot.tools}
+        listed = {t["name"] for t in listed_tools(snapshot)}
         quarantined = {k: v for k, v in quarantined.items() if k in listed}
-        _apply_snapshot(client, snapshot, now)
+        _apply_snapshot(client, snapshot, now, redactor)
         client.quarantined_tools = quarantined
         client.save(
             update_fields=[
@@ -876,6 +1041,7 @@ def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[st
                 "tools",
                 "resources",
                 "prompts",
+                "listing_omitted",
                 "last_verified_at",
                 "last_error",
                 "quarantined_tools",
@@ -896,11 +1062,12 @@ def record_status(client_pk: int, status: str, *, error: str, actor: str, reconn
             McpClient.objects.select_for_update(of=("self",))
             .filter(pk=client_pk)
             .exclude(status=McpClient.Status.CLOSED)
-            .select_related("session")
+            .select_related("session", "server")
             .first()
         )
         if client is None:
             return False
+        error = Redactor.for_client(client).text(error)
         before = client.status
         fields: dict[str, Any] = {"status": status, "last_error": error[: audit.MAX_DETAIL_TEXT]}
         if status == McpClient.Status.CONNECTED:
@@ -941,6 +1108,7 @@ def tool_call_entry(
     error: str = "",
     kind: str = "",
     at: datetime | None = None,
+    redactor: Redactor | None = None,
 ) -> AuditEntry:
     """The ``mcp_tool_called`` entry of one call: who, which client and tool, how long, the
     outcome (ok, error, failed, refused, cancelled) and a SHA-256 of the canonical arguments
@@ -957,6 +1125,7 @@ def tool_call_entry(
         details["kind"] = kind
     if error:
         details["error"] = error[: audit.MAX_DETAIL_TEXT]
+    details = (redactor or Redactor()).json(details)  # the error may quote the server
     return audit.entry(
         "mcp_tool_called", actor=actor, user_id=user_id, org_id=org_id, session_id=session_id, details=details, at=at
     )

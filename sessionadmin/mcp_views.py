@@ -1,7 +1,8 @@
 """MCP pages: a session's MCP clients panel (attach, refresh, detach, call a tool, review changed
 tools, the live feed of tool calls) and the catalog of MCP servers. Access goes through the
-dashboard's helpers: viewers look, operators act (403 otherwise), unknown sessions are 404.
-Mutations are POST-only; after one, htmx gets the panel re-rendered, a plain browser a redirect.
+dashboard's helpers: viewers look, operators act on sessions (403 otherwise), only MCP admins
+(``manage_mcp_catalog``) change the catalog, unknown sessions are 404. Mutations are POST-only;
+after one, htmx gets the panel re-rendered, a plain browser a redirect.
 
 Everything goes through the MCP gateway's live connections. A tool call is started in the
 gateway and the page polls for its result, so a slow tool never holds a web worker; attach and
@@ -11,11 +12,15 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Any
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
 
 from django.conf import settings
 from django.contrib import messages
-from django.http import Http404, HttpRequest, HttpResponse
+from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -23,16 +28,40 @@ from django_htmx.http import HttpResponseStopPolling, trigger_client_event
 
 from sessionadmin import mcp_services
 from sessionadmin.manager import InvalidInput, MCPClientNotFound, SessionError, SessionNotFound
-from sessionadmin.mcp_forms import AttachForm, McpServerForm, ToolCallForm
+from sessionadmin.mcp_forms import AttachForm, McpServerForm, ToolCallForm, cleared_secrets_notice
 from sessionadmin.mcp_services import McpOperationFailed
 from sessionadmin.models import AgentSession, McpClient, McpServer
-from sessionadmin.roles import ADHOC_MCP_PERMISSION
+from sessionadmin.roles import ADHOC_MCP_PERMISSION, MANAGE_CATALOG_PERMISSION
 from sessionadmin.secrets import SecretsError
-from sessionadmin.views import CHANGED_EVENT, _is_htmx, actor_of, can_operate, get_session_for, operator_required, viewer_required
+from sessionadmin.views import CHANGED_EVENT, _is_htmx, actor_of, can_operate, get_session_for, viewer_required
 
 PANEL = "sessionadmin/session_mcp.html"
 TOOL_PAGE = "sessionadmin/session_mcp_tool.html"
 FEED_LIMIT = 20
+# The panel shows this many tools, resources and prompts of each client; the rest are a link
+# away (session_mcp_listing), so a server listing thousands keeps the session page small.
+PANEL_ITEMS = 25
+
+P = ParamSpec("P")
+R = TypeVar("R", bound=HttpResponseBase)
+
+
+def can_manage_catalog(request: HttpRequest) -> bool:
+    return request.user.has_perm(MANAGE_CATALOG_PERMISSION)
+
+
+def catalog_admin_required(view: Callable[P, R]) -> Callable[P, R]:
+    """403 for everybody but MCP admins: a catalog entry decides what runs on the host."""
+
+    @wraps(view)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        request = args[0]
+        assert isinstance(request, HttpRequest)
+        if not can_manage_catalog(request):
+            raise PermissionDenied("Only MCP admins may change the MCP catalog.")
+        return view(*args, **kwargs)
+
+    return wrapper
 
 
 def _panel(
@@ -67,6 +96,8 @@ def _panel(
         "can_operate": can_operate(request) and session.status == AgentSession.Status.ACTIVE,
         "notice": notice,
         "error": error,
+        "panel_items": PANEL_ITEMS,
+        "panel_slice": f":{PANEL_ITEMS}",
     }
     template = f"{PANEL}#panel" if _is_htmx(request) else PANEL
     return render(request, template, context, status=status)
@@ -160,7 +191,8 @@ def session_mcp_tool(request: HttpRequest, session_id: uuid.UUID, client_id: str
     for a plain browser, waited for here."""
     session = get_session_for(request, session_id, act=request.method == "POST")
     client, spec = _tool_of(session, client_id, tool)
-    form = ToolCallForm(spec.get("input_schema"), request.POST if request.method == "POST" else None)
+    raw = bool(spec.get("schema_omitted_bytes"))
+    form = ToolCallForm(spec.get("input_schema"), request.POST if request.method == "POST" else None, raw=raw)
     context: dict[str, Any] = {
         "session": session,
         "client": client,
@@ -262,6 +294,30 @@ def session_mcp_feed(request: HttpRequest, session_id: uuid.UUID) -> HttpRespons
     return render(request, f"{PANEL}#feed", context)
 
 
+LISTING_KINDS = ("tools", "resources", "prompts")
+LISTING_PER_PAGE = 100
+
+
+@require_GET
+def session_mcp_listing(request: HttpRequest, session_id: uuid.UUID, client_id: str, kind: str) -> HttpResponse:
+    """One of a client's stored listings, a page at a time (the panel shows only the first
+    items of each)."""
+    session = get_session_for(request, session_id, act=False)
+    client = McpClient.objects.filter(session_id=session.id, client_id=client_id).exclude(status=McpClient.Status.CLOSED).first()
+    if client is None or kind not in LISTING_KINDS:
+        raise Http404("No such listing.")
+    page = Paginator(getattr(client, kind), LISTING_PER_PAGE).get_page(request.GET.get("page"))
+    context = {
+        "session": session,
+        "client": client,
+        "kind": kind,
+        "page": page,
+        "omitted": client.listing_omitted.get(kind, 0),
+        "can_operate": can_operate(request) and session.status == AgentSession.Status.ACTIVE,
+    }
+    return render(request, "sessionadmin/session_mcp_listing.html", context)
+
+
 # --- catalog ------------------------------------------------------------------------------------
 
 
@@ -282,15 +338,21 @@ def mcp_server_list(request: HttpRequest) -> HttpResponse:
                 "header_names": sorted(headers),
                 "env_names": sorted(env),
                 "problem": problem,
+                "refusal": server.refusal,
                 "clients": server.clients.exclude(status=McpClient.Status.CLOSED).count(),
             }
         )
-    context = {"rows": rows, "can_operate": can_operate(request), "stdio_sandbox": settings.SESSIONADMIN_STDIO_SANDBOX}
+    context = {
+        "rows": rows,
+        "can_manage": can_manage_catalog(request),
+        "allowed_commands": settings.SESSIONADMIN_STDIO_COMMANDS,
+        "stdio_sandbox": settings.SESSIONADMIN_STDIO_SANDBOX,
+    }
     return render(request, "sessionadmin/mcp_server_list.html", context)
 
 
 @require_http_methods(["GET", "POST"])
-@operator_required
+@catalog_admin_required
 def mcp_server_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse:
     server = get_object_or_404(McpServer, pk=pk) if pk is not None else McpServer()
     headers, env = mcp_services.stored_secrets(server if pk is not None else None)
@@ -299,6 +361,8 @@ def mcp_server_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse
         new_headers, new_env = form.secrets_to_store()
         mcp_services.save_server(form.save(commit=False), actor=actor_of(request), headers=new_headers, env=new_env)
         messages.success(request, f"Saved MCP server {server.name}.")
+        if server.secrets_cleared:
+            messages.warning(request, cleared_secrets_notice(server))
         return redirect("mcp_server_list")
     return render(
         request,
@@ -309,7 +373,7 @@ def mcp_server_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse
 
 
 @require_POST
-@operator_required
+@catalog_admin_required
 def mcp_server_delete(request: HttpRequest, pk: int) -> HttpResponse:
     server = get_object_or_404(McpServer, pk=pk)
     mcp_services.delete_server(server, actor=actor_of(request))

@@ -7,10 +7,13 @@ methods defined here, named for their purpose.
 
 from __future__ import annotations
 
+import os
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
@@ -394,8 +397,23 @@ class AuditEntry(models.Model):
         raise PermissionError("audit entries are append-only")
 
 
+def stdio_command_refusal(command: str) -> str:
+    """Why a stdio catalog entry may not run ``command`` here, or "" when it may: it must be
+    one of the absolute paths in ``SESSIONADMIN_STDIO_COMMANDS``, written exactly as listed.
+    Checked when an entry is saved and again before every connection."""
+    allowed = settings.SESSIONADMIN_STDIO_COMMANDS
+    if not allowed:
+        return "No stdio command may run on this installation (SESSIONADMIN_STDIO_COMMANDS is empty)."
+    if not os.path.isabs(command) or os.path.normpath(command) != command:
+        return f"The command must be an absolute, normalised path; allowed: {', '.join(allowed)}."
+    if command not in allowed:
+        return f"{command} is not an allowed stdio command (SESSIONADMIN_STDIO_COMMANDS: {', '.join(allowed)})."
+    return ""
+
+
 class McpServer(models.Model):
-    """An operator-managed catalog entry: how to reach one MCP server."""
+    """An operator-managed catalog entry: how to reach one MCP server. Defining one decides
+    what runs on the host, so it takes its own permission (``manage_mcp_catalog``)."""
 
     class Transport(models.TextChoices):
         STDIO = "stdio", "stdio"
@@ -418,9 +436,16 @@ class McpServer(models.Model):
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(default=timezone.now)
 
+    # Not a column: which stored secrets (``"headers"``, ``"env"``) the last
+    # ``mcp_services.save_server`` removed because the target changed, for the page to say so.
+    secrets_cleared: tuple[str, ...] = ()
+
     class Meta:
         ordering = ["name"]
         verbose_name = "MCP server"
+        permissions = [
+            ("manage_mcp_catalog", "Can create, change and delete MCP catalog entries (what runs)"),
+        ]
         constraints = [
             models.CheckConstraint(
                 name="mcpserver_target_matches_transport",
@@ -430,6 +455,18 @@ class McpServer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.get_transport_display()})"
+
+    def clean(self) -> None:
+        if self.transport == self.Transport.STDIO and self.command:
+            refusal = stdio_command_refusal(self.command)
+            if refusal:
+                raise ValidationError({"command": refusal})
+
+    @property
+    def refusal(self) -> str:
+        """Why this entry cannot be attached now ("" when it can): a stdio command that the
+        allow-list no longer (or never) held."""
+        return stdio_command_refusal(self.command) if self.transport == self.Transport.STDIO else ""
 
 
 class McpClient(models.Model):
@@ -456,6 +493,9 @@ class McpClient(models.Model):
     tools = models.JSONField(default=list, blank=True)
     resources = models.JSONField(default=list, blank=True)
     prompts = models.JSONField(default=list, blank=True)
+    # How many items of each listing were not stored (over the count or size cap):
+    # {"tools": n, "resources": n, "prompts": n}, kinds with none left out omitted.
+    listing_omitted = models.JSONField(default=dict, blank=True)
     last_verified_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
@@ -488,6 +528,13 @@ class McpClient(models.Model):
 
     def __str__(self) -> str:
         return f"{self.client_id} on {self.session_id} ({self.status})"
+
+    @property
+    def shown_url(self) -> str:
+        """The ad-hoc URL for pages: no user info, no query values (a token may travel there)."""
+        from sessionadmin.redaction import safe_url
+
+        return safe_url(self.url)
 
 
 class MaintenanceRun(models.Model):

@@ -1,5 +1,7 @@
-"""The two roles of the dashboard, as Django groups kept in step after every migrate (and after
-the test runner flushes the database): viewers may look, operators may also act."""
+"""The roles of the dashboard, as Django groups kept in step after every migrate (and after the
+test runner flushes the database): viewers may look; operators may also act on sessions and
+attach catalog entries to them; MCP admins define the catalog, i.e. what runs on the host and
+where the dashboard connects. A user may be in several groups."""
 
 from __future__ import annotations
 
@@ -9,10 +11,14 @@ from django.contrib.auth.models import Group, Permission
 
 VIEWERS = "Viewers"
 OPERATORS = "Operators"
+MCP_ADMINS = "MCP admins"
 OPERATE_PERMISSION = "sessionadmin.operate_sessions"
 ADHOC_MCP_PERMISSION = "sessionadmin.attach_adhoc_mcp"
+MANAGE_CATALOG_PERMISSION = "sessionadmin.manage_mcp_catalog"
 
 _VIEW_MODELS = ["org", "agentsession", "promptlayer", "auditentry", "mcpserver", "mcpclient", "maintenancerun", "apitoken"]
+# Operators do not get add/change/delete of MCP servers: a catalog entry decides which command
+# runs on the host or which address the dashboard connects to (issue 11).
 _OPERATOR_EXTRA = [
     "operate_sessions",
     "add_org",
@@ -20,12 +26,12 @@ _OPERATOR_EXTRA = [
     "add_promptlayer",
     "change_promptlayer",
     "delete_promptlayer",
-    "add_mcpserver",
-    "change_mcpserver",
-    "delete_mcpserver",
     "add_apitoken",
     "change_apitoken",
 ]
+# One right for the whole catalog, in the dashboard and the admin alike (the admin checks it
+# instead of the model's add/change/delete permissions).
+_MCP_ADMIN_EXTRA = ["manage_mcp_catalog"]
 
 
 def ensure_roles(**_: Any) -> None:
@@ -36,7 +42,6 @@ def ensure_roles(**_: Any) -> None:
     perms = {p.codename: p for p in Permission.objects.filter(content_type__app_label="sessionadmin")}
     if not perms:
         return  # permissions are created by the auth app's own post_migrate, which may run later
-    viewers = Group.objects.get_or_create(name=VIEWERS)[0]
-    viewers.permissions.set([perms[c] for c in view if c in perms])
-    operators = Group.objects.get_or_create(name=OPERATORS)[0]
-    operators.permissions.set([perms[c] for c in view + _OPERATOR_EXTRA if c in perms])
+    for name, codenames in ((VIEWERS, view), (OPERATORS, view + _OPERATOR_EXTRA), (MCP_ADMINS, view + _MCP_ADMIN_EXTRA)):
+        group = Group.objects.get_or_create(name=name)[0]
+        group.permissions.set([perms[c] for c in codenames if c in perms])

@@ -171,6 +171,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "sessionadmin.csp.ContentSecurityPolicyMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
 ]
 
@@ -230,6 +231,22 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 SESSIONADMIN_MAX_BODY_BYTES = env_int("SESSIONADMIN_MAX_BODY_BYTES", 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = SESSIONADMIN_MAX_BODY_BYTES
 
+# Content-Security-Policy of every response (sessionadmin/csp.py): scripts and styles only from
+# our own static files, nothing inline, no plugins, no <base>, never framed. Pages carry
+# server-sent text (MCP results, descriptions): even an escaping slip could not run a script.
+SESSIONADMIN_CSP: dict[str, list[str]] = {
+    "default-src": ["'self'"],
+    "script-src": ["'self'"],
+    "style-src": ["'self'"],
+    "img-src": ["'self'", "data:"],
+    "font-src": ["'self'"],
+    "connect-src": ["'self'"],
+    "object-src": ["'none'"],
+    "base-uri": ["'none'"],
+    "frame-ancestors": ["'none'"],
+    "form-action": ["'self'"],
+}
+
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SECURE = env_bool("SESSIONADMIN_SECURE_COOKIES", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
@@ -254,6 +271,15 @@ SESSIONADMIN_MCP_MAX_RESULT_BYTES = env_int("SESSIONADMIN_MCP_MAX_RESULT_BYTES",
 # A tool call (agent or dashboard) through the gateway may run this long; handshakes, listings and
 # pings use the timeout above.
 SESSIONADMIN_MCP_CALL_TIMEOUT_SECONDS = env_float("SESSIONADMIN_MCP_CALL_TIMEOUT_SECONDS", 300.0, minimum=0.1)
+# What is stored of a server's listings, per client and per kind (tools, resources, prompts):
+# at most this many items and this many bytes; the page says how many were left out.
+SESSIONADMIN_MCP_MAX_LIST_ITEMS = env_int("SESSIONADMIN_MCP_MAX_LIST_ITEMS", 1000, minimum=1)
+SESSIONADMIN_MCP_MAX_LISTING_BYTES = env_int("SESSIONADMIN_MCP_MAX_LISTING_BYTES", 2 * 1024 * 1024, minimum=1024)
+# Absolute paths of the executables a stdio catalog entry may run (comma-separated). Empty, the
+# default, means no stdio entry can be saved or run. Checked when an entry is saved and again
+# before every connection, so narrowing the list stops entries saved before. An interpreter
+# (python, node) runs whatever its arguments say: prefer dedicated server executables.
+SESSIONADMIN_STDIO_COMMANDS = [os.path.normpath(c) for c in env_list("SESSIONADMIN_STDIO_COMMANDS", "") if os.path.isabs(c)]
 # Key for MCP header/env secrets at rest; derived from SECRET_KEY when not given.
 SESSIONADMIN_SECRETS_KEY = env_str("SESSIONADMIN_SECRETS_KEY", "")
 # Ended session rows older than this are purged; 0 keeps them forever.
@@ -327,7 +353,9 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Secrets of the MCP operation in progress (and credentials in URLs) never reach a log line.
+    "filters": {"redact": {"()": "sessionadmin.redaction.RedactingFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

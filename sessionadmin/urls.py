@@ -37,6 +37,11 @@ urlpatterns = [
         name="session_mcp_approve",
     ),
     path("sessions/<uuid:session_id>/mcp/feed/", mcp_views.session_mcp_feed, name="session_mcp_feed"),
+    path(
+        "sessions/<uuid:session_id>/mcp/<slug:client_id>/list/<slug:kind>/",
+        mcp_views.session_mcp_listing,
+        name="session_mcp_listing",
+    ),
     path("mcp/servers/", mcp_views.mcp_server_list, name="mcp_server_list"),
     path("mcp/servers/new/", mcp_views.mcp_server_edit, name="mcp_server_create"),
     path("mcp/servers/<int:pk>/", mcp_views.mcp_server_edit, name="mcp_server_edit"),

@@ -53,6 +53,7 @@ from sessionadmin.lifecycle import (
     WorkspaceCreationError,
 )
 from sessionadmin.models import AgentSession, AuditEntry, Org, PromptLayer
+from sessionadmin.redaction import redact_shown_entries
 from sessionadmin.roles import OPERATE_PERMISSION
 from sessionadmin.validation import id_problem
 from sessionadmin.workspaces import inspect_workspace
@@ -344,6 +345,7 @@ def session_create(request: HttpRequest) -> HttpResponse:
 
 def _detail_context(request: HttpRequest, session: AgentSession, **forms: Any) -> dict[str, Any]:
     entries = list(AuditEntry.objects.for_session(session.id).order_by("-at", "-id")[: AUDIT_TIMELINE_LIMIT + 1])
+    redact_shown_entries(entries)
     layer_ids = [p["id"] for p in session.prompt_provenance if p.get("kind") in PromptLayer.Scope.values and "id" in p]
     current = (
         {layer.id: layer for layer in PromptLayer.objects.filter(pk__in=layer_ids).only("id", "version", "enabled")}

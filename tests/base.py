@@ -3,6 +3,7 @@
 Personas:
 - alice: operator (may act)            - bob: viewer (may look)
 - charlie: logged in, no role at all   - root: superuser
+- dave: MCP admin (defines the MCP catalog; no session rights)
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from django.test import TestCase, TransactionTestCase, override_settings
 
 from sessionadmin.manager import SessionManager
 from sessionadmin.models import Org
-from sessionadmin.roles import OPERATORS, VIEWERS, ensure_roles
+from sessionadmin.roles import MCP_ADMINS, OPERATORS, VIEWERS, ensure_roles
 
 PASSWORD = "correct-horse-battery-staple"
 
@@ -61,6 +62,8 @@ def make_personas(test: Any) -> None:
     test.bob.groups.add(Group.objects.get(name=VIEWERS))
     test.charlie = User.objects.create_user("charlie", password=PASSWORD)
     test.root = User.objects.create_superuser("root", password=PASSWORD)
+    test.dave = User.objects.create_user("dave", password=PASSWORD)
+    test.dave.groups.add(Group.objects.get(name=MCP_ADMINS))
     test.org = Org.objects.create(id="acme", name="Acme Corp")
     test.other_org = Org.objects.create(id="globex", name="Globex")
 
@@ -70,6 +73,7 @@ class BaseTestCase(WorkspaceRootMixin, TestCase):
     bob: User
     charlie: User
     root: User
+    dave: User
     org: Org
     other_org: Org
 
@@ -85,6 +89,7 @@ class BaseTransactionTestCase(WorkspaceRootMixin, TransactionTestCase):
     bob: User
     charlie: User
     root: User
+    dave: User
     org: Org
     other_org: Org
 

@@ -45,6 +45,7 @@ class RunningGateway:
             # The policies of the test process: loopback servers allowed, the sandbox as set.
             SESSIONADMIN_MCP_ALLOWED_HOSTS=",".join(settings.SESSIONADMIN_MCP_ALLOWED_HOSTS),
             SESSIONADMIN_STDIO_SANDBOX="on" if settings.SESSIONADMIN_STDIO_SANDBOX else "off",
+            SESSIONADMIN_STDIO_COMMANDS=",".join(settings.SESSIONADMIN_STDIO_COMMANDS),
             PYTHONUNBUFFERED="1",
             **(extra_env or {}),
         )

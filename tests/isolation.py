@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import sys
 import tempfile
 
 import pytest
@@ -26,6 +27,9 @@ os.environ["SESSIONADMIN_SECRET_KEY"] = secrets.token_urlsafe(50)
 os.environ.setdefault("SESSIONADMIN_LOG_LEVEL", "WARNING")
 # The test MCP servers listen on loopback, which the outbound URL policy refuses unless listed.
 os.environ["SESSIONADMIN_MCP_ALLOWED_HOSTS"] = "127.0.0.1"
+# The stdio allow-list, explicitly: the test MCP servers run on this venv's python
+# (tests/mcp_servers/); nothing else may run, whatever the developer's shell says.
+os.environ["SESSIONADMIN_STDIO_COMMANDS"] = sys.executable
 
 
 def pytest_configure(config: pytest.Config) -> None:

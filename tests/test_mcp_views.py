@@ -294,14 +294,14 @@ class CatalogViewTests(McpViewsTestCase):
         self.assertNotContains(response, SECRET)
         self.assertNotContains(response, "New server")
 
-    def test_operators_create_and_edit_servers_without_seeing_secrets(self) -> None:
-        self.login("alice")
+    def test_mcp_admins_create_and_edit_servers_without_seeing_secrets(self) -> None:
+        self.login("dave")
         response = self.client.post(
             reverse("mcp_server_create"),
             {
                 "name": "stdio-tool",
                 "transport": "stdio",
-                "command": "/usr/bin/env",
+                "command": sys.executable,
                 "args_text": "python3\n-V",
                 "env_text": "API_KEY=abc-1234567890",
                 "enabled": "on",
@@ -323,7 +323,7 @@ class CatalogViewTests(McpViewsTestCase):
         self.assertNotContains(rejected, "new-secret-555", status_code=400)
         kept = self.client.post(
             reverse("mcp_server_edit", args=[created.pk]),
-            {"name": "stdio-tool", "transport": "stdio", "command": "/usr/bin/env", "enabled": "on"},
+            {"name": "stdio-tool", "transport": "stdio", "command": sys.executable, "args_text": "python3\n-V", "enabled": "on"},
         )
         self.assertEqual(kept.status_code, 302)
         self.assertEqual(mcp_services.server_env(McpServer.objects.get(pk=created.pk)), {"API_KEY": "abc-1234567890"})
@@ -331,11 +331,12 @@ class CatalogViewTests(McpViewsTestCase):
         self.assertEqual(sorted(events), ["mcp_server_created", "mcp_server_created", "mcp_server_updated"])
         self.assertNotIn("abc-1234567890", json.dumps(list(AuditEntry.objects.values_list("details", flat=True))))
 
-    def test_catalog_changes_are_for_operators(self) -> None:
-        self.login("bob")
-        self.assertEqual(self.client.get(reverse("mcp_server_create")).status_code, 403)
-        self.assertEqual(self.client.post(reverse("mcp_server_delete", args=[self.server.pk])).status_code, 403)
-        self.login("alice")
+    def test_catalog_changes_are_for_mcp_admins(self) -> None:
+        for user in ("bob", "alice"):
+            self.login(user)
+            self.assertEqual(self.client.get(reverse("mcp_server_create")).status_code, 403)
+            self.assertEqual(self.client.post(reverse("mcp_server_delete", args=[self.server.pk])).status_code, 403)
+        self.login("dave")
         self.assertEqual(self.client.get(reverse("mcp_server_delete", args=[self.server.pk])).status_code, 405)
         self.assertEqual(self.client.post(reverse("mcp_server_delete", args=[self.server.pk + 100])).status_code, 404)
         self.assertRedirects(self.client.post(reverse("mcp_server_delete", args=[self.server.pk])), reverse("mcp_server_list"))
@@ -372,8 +373,8 @@ class CatalogSandboxViewTests(McpViewsTestCase):
     def stdio_form(self, **extra: str) -> dict[str, str]:
         return {"name": "sandboxed", "transport": "stdio", "command": sys.executable, "enabled": "on", **extra}
 
-    def test_operators_give_a_stdio_server_network_and_read_only_paths(self) -> None:
-        self.login("alice")
+    def test_mcp_admins_give_a_stdio_server_network_and_read_only_paths(self) -> None:
+        self.login("dave")
         paths = f"{sys.prefix}\n\n{sys.base_prefix}/\n"
         response = self.client.post(reverse("mcp_server_create"), self.stdio_form(read_only_paths_text=paths, network="on"))
         self.assertRedirects(response, reverse("mcp_server_list"))
@@ -390,7 +391,7 @@ class CatalogSandboxViewTests(McpViewsTestCase):
         self.assertEqual((created.read_only_paths, created.network), ([], False))
 
     def test_read_only_paths_that_would_show_the_dashboard_are_refused(self) -> None:
-        self.login("alice")
+        self.login("dave")
         refused = {
             "venv": "must be absolute",
             "/nonexistent/venv": "no such file or folder",
@@ -407,7 +408,7 @@ class CatalogSandboxViewTests(McpViewsTestCase):
 
     @override_settings(SESSIONADMIN_MCP_ALLOWED_HOSTS=["10.1.0.0/16"])
     def test_internal_urls_are_a_clear_form_error_unless_listed(self) -> None:
-        self.login("alice")
+        self.login("dave")
         form = {"name": "internal", "transport": "streamable_http", "enabled": "on"}
         for url, message in (
             ("http://169.254.169.254/latest/meta-data/", "169.254.169.254 is a cloud metadata address"),
@@ -437,5 +438,5 @@ class CatalogSandboxViewTests(McpViewsTestCase):
         self.assertNotContains(self.client.get(reverse("mcp_server_list")), "stdio MCP servers are not isolated")
         with override_settings(SESSIONADMIN_STDIO_SANDBOX=False):
             self.assertContains(self.client.get(reverse("mcp_server_list")), "stdio MCP servers are not isolated")
-            self.login("alice")
+            self.login("dave")
             self.assertContains(self.client.get(reverse("mcp_server_create")), "stdio MCP servers are not isolated")

@@ -23,6 +23,7 @@ from sessionadmin.gateway.results import present
 from sessionadmin.gateway.upstream import CONNECTED, RECONNECTING, ClientInfo, Unavailable, Upstream
 from sessionadmin.manager import InvalidInput, SessionNotFound
 from sessionadmin.mcp_client import McpError, Snapshot
+from sessionadmin.redaction import Redactor
 from sessionadmin.secrets import SecretsError
 
 logger = logging.getLogger(__name__)
@@ -280,6 +281,10 @@ class Gateway:
             raise GatewayProblem(404, "session ended", str(exc)) from None
         except (InvalidInput, SecretsError) as exc:
             raise GatewayProblem(400, "invalid", str(exc)) from None
+        except mcp_services.McpOperationFailed as exc:  # policy: a stdio command no longer allowed
+            label = {"client_id": client_id, "server": body.get("server_name", ""), "transport": transport}
+            await self.db.run(mcp_services.record_add_failed, session_id, label, kind=exc.kind, error=str(exc), actor=actor)
+            raise GatewayProblem(502, exc.kind, str(exc)) from None
         upstream = self._start(
             {"pk": None, "session_id": session_id, "client_id": client_id, "target": target}, pending=True, timeout=timeout
         )
@@ -438,7 +443,7 @@ class Gateway:
                 raise SessionEnded(error)
             outcome = "error" if result.is_error else "ok"
             assert upstream.info.target is not None
-            return present(result, upstream.info.target.secrets(), self.max_result_bytes)
+            return present(result, Redactor.for_target(upstream.info.target), self.max_result_bytes)
         except McpError as exc:
             error, kind = str(exc), exc.kind
             raise
@@ -461,6 +466,7 @@ class Gateway:
                     error=error,
                     kind=kind,
                     at=datetime.now(UTC),
+                    redactor=Redactor.for_target(upstream.info.target),
                 )
             )
 

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from sessionadmin.gateway.core import Gateway, SessionEnded, SessionState, ToolRefused
-from sessionadmin.gateway.results import _redact, secret_parts
 from sessionadmin.gateway.upstream import Unavailable, Upstream
 from sessionadmin.mcp_client import McpError, definition_sha256
+from sessionadmin.redaction import Redactor
 
 if TYPE_CHECKING:
     from mcp.server.lowlevel import Server
@@ -91,6 +91,7 @@ def build_server(gateway: Gateway) -> Server[Any]:
             name = definition["name"]
             if name in quarantined or pinned.get(name, {}).get("sha256") != definition_sha256(definition):
                 continue
+            definition = redactor_of(upstream).json(definition)  # the pin holds the original's hash
             tools.append(
                 types.Tool(
                     name=f"{upstream.info.client_id}{SEPARATOR}{name}",
@@ -111,8 +112,9 @@ def build_server(gateway: Gateway) -> Server[Any]:
             raise MCPError(INVALID_PARAMS, f"unknown name {prefixed!r}")
         return upstream, name
 
-    def secrets_of(upstream: Upstream) -> list[str]:
-        return secret_parts(upstream.info.target.secrets() if upstream.info.target else [])
+    def redactor_of(upstream: Upstream) -> Redactor:
+        """The catalog entry's secrets, kept out of everything the agent sees."""
+        return Redactor.for_target(upstream.info.target)
 
     async def list_tools(ctx: Any, params: Any) -> Any:
         state = state_of(ctx)
@@ -176,7 +178,7 @@ def build_server(gateway: Gateway) -> Server[Any]:
             raise MCPError(INTERNAL_ERROR, str(exc)) from None
         contents = []
         for item in result.contents:
-            data = _redact(item.model_dump(mode="json", by_alias=True, exclude_none=True), secrets_of(upstream))
+            data = redactor_of(upstream).json(item.model_dump(mode="json", by_alias=True, exclude_none=True))
             data["uri"] = resource_uri(parsed[0], str(item.uri))
             contents.append(data)
         return types.ReadResourceResult.model_validate({"contents": contents})
@@ -205,7 +207,7 @@ def build_server(gateway: Gateway) -> Server[Any]:
             result = await upstream.get_prompt(name, dict(params.arguments) if params.arguments else None)
         except (McpError, Unavailable) as exc:
             raise MCPError(INTERNAL_ERROR, str(exc)) from None
-        data = _redact(result.model_dump(mode="json", by_alias=True, exclude_none=True), secrets_of(upstream))
+        data = redactor_of(upstream).json(result.model_dump(mode="json", by_alias=True, exclude_none=True))
         data.pop("_meta", None)
         return types.GetPromptResult.model_validate(data)
 

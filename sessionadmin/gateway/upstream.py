@@ -27,6 +27,7 @@ import anyio.abc
 
 from sessionadmin import mcp_client
 from sessionadmin.mcp_client import McpError, ProcessHandle, Snapshot, Target
+from sessionadmin.redaction import Redactor
 
 logger = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ class Upstream:
                 self.last_error = f"{mcp_client.CLOSED}: {self.info.target.describe()} closed the connection"
                 stderr = self.process.stderr_tail()
                 if stderr:
-                    self.last_error += f" (server said: {mcp_client.redact(stderr, self.info.target.secrets())[:200]})"
+                    self.last_error += f" (server said: {Redactor.for_target(self.info.target).cut(stderr, 200)})"
         if scope.cancelled_caught and not self._stop.is_set():
             raise TimeoutError(f"no answer within {self.timeout:g} s")
 

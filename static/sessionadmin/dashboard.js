@@ -1,4 +1,4 @@
-// sessionadmin dashboard: confirmations and keeping the list's selection across htmx polling.
+// sessionadmin dashboard: confirmations, meter widths, and keeping the list's selection across htmx polling.
 (function () {
   "use strict";
   var selected = new Set();
@@ -23,6 +23,19 @@
       });
     }
   });
+
+  // Meters carry their width as data-width: under the Content-Security-Policy a style
+  // attribute would be refused, a width set through the CSSOM is not.
+  function sizeMeters(root) {
+    var all = root.querySelectorAll ? Array.prototype.slice.call(root.querySelectorAll("[data-width]")) : [];
+    if (root.matches && root.matches("[data-width]")) { all.push(root); }
+    all.forEach(function (each) {
+      var value = parseFloat(each.getAttribute("data-width"));
+      each.style.width = Math.max(0, Math.min(100, isNaN(value) ? 0 : value)) + "%";
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { sizeMeters(document); });
+  document.addEventListener("htmx:load", function (event) { sizeMeters(event.target); });
 
   // Polling swaps the rows; put the operator's ticks back on the new ones.
   document.addEventListener("htmx:afterSettle", function () {

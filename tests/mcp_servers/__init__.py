@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 SERVER_SCRIPT = Path(__file__).resolve().with_name("server.py")
 HOSTILE_SCRIPT = Path(__file__).resolve().with_name("hostile.py")
+LEAKY_SCRIPT = Path(__file__).resolve().with_name("leaky.py")
 # What a sandboxed test server must see read-only: the venv, the interpreter it links to, and
 # this folder (the scripts); nothing else of the repository.
 SANDBOX_PATHS = (sys.prefix, sys.base_prefix, str(SERVER_SCRIPT.parent))
@@ -24,12 +27,29 @@ def hostile_command(mode: str = "stdio") -> tuple[str, list[str]]:
     return sys.executable, [str(HOSTILE_SCRIPT), mode]
 
 
-class RunningServer:
-    """``server.py`` over streamable HTTP or SSE on 127.0.0.1, on a port the server picks and
-    reports, so parallel test runs never race for one."""
+def leaky_stdio_command(*options: str) -> tuple[str, list[str]]:
+    """Command and arguments of the leaky server (``leaky.py``: it quotes its secrets back)."""
+    return sys.executable, [str(LEAKY_SCRIPT), "stdio", *options]
 
-    def __init__(self, transport: str, *, token: str = "", script: Path = SERVER_SCRIPT) -> None:
-        args = [sys.executable, str(script), transport] + (["--token", token] if token else [])
+
+class RunningServer:
+    """``server.py`` (or ``script`` with ``options``, e.g. the leaky server) over streamable
+    HTTP or SSE on 127.0.0.1, on a port the server picks and reports, so parallel test runs
+    never race for one."""
+
+    def __init__(
+        self,
+        transport: str,
+        *,
+        token: str = "",
+        log_headers: Path | None = None,
+        script: Path = SERVER_SCRIPT,
+        options: tuple[str, ...] = (),
+    ) -> None:
+        args = [sys.executable, str(script), transport, *options] + (["--token", token] if token else [])
+        if log_headers is not None:
+            args += ["--log-headers", str(log_headers)]
+        self.log_headers = log_headers
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ))
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
@@ -38,6 +58,12 @@ class RunningServer:
             raise RuntimeError(f"test MCP server did not start: {line!r}")
         self.port = int(line.split()[1])
         self.url = f"http://127.0.0.1:{self.port}" + ("/mcp" if transport == "streamable-http" else "/sse")
+
+    def logged_requests(self) -> list[dict[str, Any]]:
+        """The requests the server saw (with ``log_headers``): method, path and headers."""
+        if self.log_headers is None or not self.log_headers.exists():
+            return []
+        return [json.loads(line) for line in self.log_headers.read_text().splitlines() if line.strip()]
 
     @property
     def pid(self) -> int:

@@ -1,7 +1,7 @@
 """A real MCP server for the tests and the benchmark, run as its own process.
 
     python tests/mcp_servers/server.py stdio
-    python tests/mcp_servers/server.py streamable-http|sse [--token T]
+    python tests/mcp_servers/server.py streamable-http|sse [--token T] [--log-headers FILE]
 
 Over HTTP it binds 127.0.0.1 on a free port itself and prints ``PORT <n>`` on stdout once it
 listens, so the parent never races another process for the port. With ``--token`` (or the
@@ -12,6 +12,7 @@ listens, so the parent never races another process for the port. With ``--token`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
@@ -149,12 +150,28 @@ def _bearer_guard(app: Any, token: str) -> Any:
     return guarded
 
 
-def serve_http(transport: str, token: str) -> None:
+def _header_log(app: Any, path: str) -> Any:
+    """Append every HTTP request's method, path and headers to ``path`` (one JSON line each):
+    what a server on the other end learns, for tests about where credentials go."""
+
+    async def logged(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"method": scope["method"], "path": scope["path"], "headers": headers}) + "\n")
+        await app(scope, receive, send)
+
+    return logged
+
+
+def serve_http(transport: str, token: str, log_headers: str = "") -> None:
     import anyio
     import uvicorn
 
     app = server.streamable_http_app() if transport == "streamable-http" else server.sse_app()
     asgi = _bearer_guard(app, token) if token else app
+    if log_headers:
+        asgi = _header_log(asgi, log_headers)
     # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
     # with Nagle on, a keep-alive response written as headers + body waits ~40 ms for a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -170,11 +187,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("transport", choices=["stdio", "streamable-http", "sse"])
     parser.add_argument("--token", default=os.environ.get("TEST_MCP_TOKEN", ""))
+    parser.add_argument("--log-headers", default="", help="append each HTTP request's headers to this file")
     args = parser.parse_args()
     if args.transport == "stdio":
         server.run("stdio")
     else:
-        serve_http(args.transport, args.token)
+        serve_http(args.transport, args.token, args.log_headers)
 
 
 if __name__ == "__main__":

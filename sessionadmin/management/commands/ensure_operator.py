@@ -1,5 +1,5 @@
 """Make sure somebody can log in: on a database with no user, create the superuser ``admin``
-(member of Operators) with a generated password printed once. Does nothing otherwise."""
+(member of Operators and MCP admins) with a generated password printed once. Does nothing otherwise."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandParser
 
-from sessionadmin.roles import OPERATORS, ensure_roles
+from sessionadmin.roles import MCP_ADMINS, OPERATORS, ensure_roles
 
 
 class Command(BaseCommand):
@@ -27,7 +27,7 @@ class Command(BaseCommand):
         ensure_roles()
         password = secrets.token_urlsafe(12)
         user = user_model.objects.create_superuser(username=username, email="", password=password)
-        user.groups.add(Group.objects.get(name=OPERATORS))
+        user.groups.add(*Group.objects.filter(name__in=[OPERATORS, MCP_ADMINS]))
         bar = "=" * 64
         self.stdout.write(
             self.style.SUCCESS(
