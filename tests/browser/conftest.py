@@ -77,3 +77,15 @@ def login(page: Any, live_server: Any) -> Callable[[str], Any]:
         return page
 
     return _login
+
+
+@pytest.fixture
+def celery_worker(personas: Any, workspace_root: Path) -> Iterator[Any]:
+    """A real Celery worker on the live server's database (it removes the workspaces of the
+    sessions the browser ends)."""
+    from tests.celery_worker import CeleryWorker
+
+    worker = CeleryWorker(workspace_root=workspace_root)
+    worker.start()
+    yield worker
+    worker.close()

@@ -11,7 +11,9 @@ from playwright.sync_api import expect
 from sessionadmin.manager import SessionManager
 
 
-def test_it_runs_a_session_lifecycle_as_an_operator(personas: Any, login: Any, live_server: Any, artifacts_dir: Path) -> None:
+def test_it_runs_a_session_lifecycle_as_an_operator(
+    personas: Any, login: Any, live_server: Any, artifacts_dir: Path, celery_worker: Any
+) -> None:
     page = login("alice")
     expect(page.locator("h1")).to_have_text("Sessions")
 
@@ -51,8 +53,9 @@ def test_it_runs_a_session_lifecycle_as_an_operator(personas: Any, login: Any, l
     page.fill("#kill-form input[name=reason]", "done testing")
     page.once("dialog", lambda dialog: dialog.accept())
     page.get_by_role("button", name="Kill session").click()
-    expect(page.locator(".message-success")).to_have_text("Session ended.")
-    expect(page.locator("#detail-live .badge").first).to_have_text("ended")
+    expect(page.locator(".message-success")).to_have_text("1 session is terminating; the workers are removing the workspace.")
+    # The page refreshes itself until the worker has removed the workspace.
+    expect(page.locator("#detail-live .badge").first).to_have_text("ended", timeout=60_000)
     expect(page.locator("#detail-live")).to_contain_text("done testing")
     timeline = page.locator("#detail-timeline")
     for event in ("session_created", "system_prompt_updated", "session_terminating", "session_cleaned_up"):
