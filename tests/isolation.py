@@ -25,6 +25,9 @@ VAR_DIR = tempfile.mkdtemp(prefix="sessionadmin-test-var-")
 os.environ["SESSIONADMIN_VAR_DIR"] = VAR_DIR
 os.environ["SESSIONADMIN_SECRET_KEY"] = secrets.token_urlsafe(50)
 os.environ.setdefault("SESSIONADMIN_LOG_LEVEL", "WARNING")
+# A stdio test server (a Python process importing the MCP SDK, in its sandbox) can take several
+# seconds to start on a loaded machine: the tests that are about timeouts give their own.
+os.environ.setdefault("SESSIONADMIN_MCP_TIMEOUT_SECONDS", "30")
 # The test MCP servers listen on loopback, which the outbound URL policy refuses unless listed.
 os.environ["SESSIONADMIN_MCP_ALLOWED_HOSTS"] = "127.0.0.1"
 # The stdio allow-list, explicitly: the test MCP servers run on this venv's python

@@ -6,8 +6,9 @@ barrier, then tries to create sessions through the manager and prints one JSON l
 
 The barrier (``Barrier`` in tests/test_concurrency.py): the parent holds an exclusive ``flock``
 on ``<barrier-dir>/release``; a child that is ready writes ``ready-<n>`` and asks for a shared
-lock, which the kernel grants to every waiting child at once when the parent lets go. A child
-still blocked after ``BARRIER_TIMEOUT`` exits non-zero. ``PARALLEL_CREATE_SLOW_START`` (seconds)
+lock, which the kernel grants to every waiting child at once when the parent lets go; then each
+waits until every child is through (``started-<n>``), so none starts its work before all can.
+A child still blocked after ``BARRIER_TIMEOUT`` exits non-zero. ``PARALLEL_CREATE_SLOW_START`` (seconds)
 delays one child before it reports ready: the test of the barrier itself.
 """
 
@@ -36,6 +37,13 @@ def wait_at_barrier(barrier: Path, index: str) -> None:
     signal.signal(signal.SIGALRM, expired)
     signal.alarm(BARRIER_TIMEOUT)
     fcntl.flock(fd, fcntl.LOCK_SH)
+    # Second phase: everyone through the lock before anyone starts, so that a child the
+    # scheduler leaves behind for a while holds the others back instead of letting them finish
+    # first (their work then always overlaps; a child that never arrives still fails the run).
+    (barrier / f"started-{index}").write_text(str(os.getpid()))
+    children = int(os.environ["PARALLEL_CREATE_CHILDREN"])
+    while len(list(barrier.glob("started-*"))) < children:
+        time.sleep(0.002)
     signal.alarm(0)
     os.close(fd)
 

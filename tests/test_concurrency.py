@@ -85,6 +85,7 @@ class ParallelProcessesTestCase(BaseTransactionTestCase):
                     **os.environ,
                     "DATABASE_URL": database_url(),
                     "PARALLEL_CREATE_INDEX": str(i),
+                    "PARALLEL_CREATE_CHILDREN": str(processes),
                     "PARALLEL_CREATE_SLOW_START": str((slow_start or {}).get(i, 0)),
                 },
                 stdout=subprocess.PIPE,
