@@ -250,14 +250,16 @@ class Upstream:
                 self.first_result.set()
                 if self.pending:
                     await self._activated.wait()
-                self.state = CONNECTED
-                if reconnecting:
-                    self.reconnects += 1
-                await self.on_listing(self, snapshot, reconnecting)
-                await self.on_status(self, CONNECTED, "", reconnecting)
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._listen_for_changes, client)
+                    # Subscribed before anyone can call: a tool that changes the listing on its
+                    # first call must not notify a stream that is not there yet.
+                    await tg.start(self._listen_for_changes, client)
                     tg.start_soon(self._relister, client)
+                    self.state = CONNECTED
+                    if reconnecting:
+                        self.reconnects += 1
+                    await self.on_listing(self, snapshot, reconnecting)
+                    await self.on_status(self, CONNECTED, "", reconnecting)
                     await self._dropped.wait()
                     tg.cancel_scope.cancel()
                 self.client = None
@@ -280,27 +282,39 @@ class Upstream:
         ):
             self._relist.set()
 
-    async def _listen_for_changes(self, client: Any) -> None:
-        """On 2026 connections list-changed arrives only on a ``subscriptions/listen`` stream."""
+    async def _listen_for_changes(self, client: Any, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """On 2026 connections list-changed arrives only on a ``subscriptions/listen`` stream.
+
+        Reports started once the first subscription is acknowledged (or could not be made).
+        A later subscription relists at once: changes while none was open left no event.
+        """
         from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
         caps = client.server_capabilities
-        if client.protocol_version not in MODERN_PROTOCOL_VERSIONS or caps is None:
-            return
         wanted = {
-            "tools_list_changed": bool(caps.tools and caps.tools.list_changed),
-            "prompts_list_changed": bool(caps.prompts and caps.prompts.list_changed),
-            "resources_list_changed": bool(caps.resources and caps.resources.list_changed),
+            "tools_list_changed": bool(caps and caps.tools and caps.tools.list_changed),
+            "prompts_list_changed": bool(caps and caps.prompts and caps.prompts.list_changed),
+            "resources_list_changed": bool(caps and caps.resources and caps.resources.list_changed),
         }
-        if not any(wanted.values()):
+        if client.protocol_version not in MODERN_PROTOCOL_VERSIONS or not any(wanted.values()):
+            task_status.started()
             return
+        first = True
         while True:
             try:
                 async with client.listen(**wanted) as subscription:
+                    if first:
+                        task_status.started()
+                    else:
+                        self._relist.set()
+                    first = False
                     async for _event in subscription:
                         self._relist.set()
             except Exception as exc:  # not served, or lost: listen again later
                 logger.debug("MCP upstream %s: listen ended: %s", self.label, exc)
+            if first:
+                task_status.started()
+                first = False
             await anyio.sleep(5)
 
     async def _relister(self, client: Any) -> None:
