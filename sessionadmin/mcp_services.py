@@ -984,6 +984,18 @@ def record_attached(
     return client
 
 
+def _open_client_for_update(client_pk: int) -> McpClient | None:
+    """The client row locked for a change reported by its live connection; None once closed
+    (a closed client stays closed whatever a late report says)."""
+    return (
+        McpClient.objects.select_for_update(of=("self",))
+        .filter(pk=client_pk)
+        .exclude(status=McpClient.Status.CLOSED)
+        .select_related("session", "server")
+        .first()
+    )
+
+
 def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[str, Any] | None:
     """A later listing of a live connection (refresh, reconnect, upstream list_changed): store
     it, and quarantine every tool whose definition differs from its pin or that was not there
@@ -991,13 +1003,7 @@ def record_listing(client_pk: int, snapshot: Snapshot, *, actor: str) -> dict[st
     Returns ``{"pinned", "quarantined"}`` as now stored, or None if the client is closed."""
     now = timezone.now()
     with transaction.atomic():
-        client = (
-            McpClient.objects.select_for_update(of=("self",))
-            .filter(pk=client_pk)
-            .exclude(status=McpClient.Status.CLOSED)
-            .select_related("session", "server")
-            .first()
-        )
+        client = _open_client_for_update(client_pk)
         if client is None:
             return None
         redactor = Redactor.for_client(client)
@@ -1058,13 +1064,7 @@ def record_status(client_pk: int, status: str, *, error: str, actor: str, reconn
     changes; a reconnect is counted. Returns whether the status changed."""
     now = timezone.now()
     with transaction.atomic():
-        client = (
-            McpClient.objects.select_for_update(of=("self",))
-            .filter(pk=client_pk)
-            .exclude(status=McpClient.Status.CLOSED)
-            .select_related("session", "server")
-            .first()
-        )
+        client = _open_client_for_update(client_pk)
         if client is None:
             return False
         error = Redactor.for_client(client).text(error)

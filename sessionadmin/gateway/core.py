@@ -183,12 +183,7 @@ class Gateway:
         except Exception:
             logger.exception("MCP upstream %s crashed", upstream.label)
         finally:
-            pk = upstream.info.pk
-            if pk is not None and self.upstreams.get(pk) is upstream:
-                del self.upstreams[pk]
-            state = self.sessions.get(upstream.info.session_id)
-            if state is not None and state.upstreams.get(upstream.info.client_id) is upstream:
-                del state.upstreams[upstream.info.client_id]
+            self._forget(upstream)
 
     def session(self, session_id: uuid.UUID, user_id: str = "", org_id: str = "") -> SessionState:
         state = self.sessions.get(session_id)

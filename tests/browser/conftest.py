@@ -89,3 +89,31 @@ def celery_worker(personas: Any, workspace_root: Path) -> Iterator[Any]:
     worker.start()
     yield worker
     worker.close()
+
+
+@pytest.fixture(scope="module")
+def mcp_http_server() -> Iterator[Any]:
+    """The test MCP server over streamable HTTP, for a module's tests."""
+    from tests.mcp_servers import RunningServer
+
+    server = RunningServer("streamable-http")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(django_db_setup: Any, django_db_blocker: Any) -> Iterator[Any]:
+    """The real gateway process, for a module's tests."""
+    from tests.gateway import RunningGateway
+
+    with django_db_blocker.unblock():
+        running = RunningGateway()
+    yield running
+    running.stop()
+
+
+@pytest.fixture
+def use_gateway(gateway: Any) -> Iterator[None]:
+    """Point the web tier at the module's gateway (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    with gateway.settings():
+        yield

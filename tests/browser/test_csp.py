@@ -5,7 +5,6 @@ the list polls; an org is created inline)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,6 @@ from playwright.sync_api import expect
 from sessionadmin import mcp_services
 from sessionadmin.manager import SessionManager
 from sessionadmin.models import McpServer, Org
-from tests.gateway import RunningGateway
 from tests.mcp_servers import RunningServer
 
 # A handshake or a call through the live server, or any htmx swap: generous, the machine may be
@@ -53,25 +51,7 @@ class Violations:
         self.page.evaluate("window.__cspViolations = []")
 
 
-@pytest.fixture(scope="module")
-def mcp_http_server() -> Iterator[RunningServer]:
-    server = RunningServer("streamable-http")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(django_db_setup: Any, django_db_blocker: Any) -> Iterator[RunningGateway]:
-    with django_db_blocker.unblock():
-        running = RunningGateway()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(autouse=True)
-def use_gateway(gateway: RunningGateway) -> Iterator[None]:
-    with gateway.settings():
-        yield
+pytestmark = pytest.mark.usefixtures("use_gateway")
 
 
 def visit(page: Any, url: str, violations: Violations) -> None:

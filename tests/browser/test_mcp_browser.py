@@ -4,7 +4,6 @@ polls the call running in the gateway) and the call in the session's live feed."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,29 +13,9 @@ from playwright.sync_api import expect
 from sessionadmin import mcp_services
 from sessionadmin.manager import SessionManager
 from sessionadmin.models import McpServer
-from tests.gateway import RunningGateway
 from tests.mcp_servers import RunningServer
 
-
-@pytest.fixture(scope="module")
-def mcp_http_server() -> Iterator[RunningServer]:
-    server = RunningServer("streamable-http")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def gateway(django_db_setup: Any, django_db_blocker: Any) -> Iterator[RunningGateway]:
-    with django_db_blocker.unblock():
-        running = RunningGateway()
-    yield running
-    running.stop()
-
-
-@pytest.fixture(autouse=True)
-def use_gateway(gateway: RunningGateway) -> Iterator[None]:
-    with gateway.settings():
-        yield
+pytestmark = pytest.mark.usefixtures("use_gateway")
 
 
 def test_it_attaches_a_server_and_calls_a_tool(
