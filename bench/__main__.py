@@ -43,6 +43,12 @@ def main(argv: list[str] | None = None) -> int:
     from django.core.management.base import CommandError, OutputWrapper
     from django.core.management.color import color_style
 
+    from sessionadmin.bootstrap import has_secret_key, missing_key_message
+
+    if not has_secret_key():  # the benchmarks' child processes need the same key
+        sys.stderr.write(f"benchmark: {missing_key_message()}\n")
+        return 1
+
     out, style = OutputWrapper(sys.stdout), color_style()
     options = vars(parser().parse_args(argv))
     name = options.pop("name")
