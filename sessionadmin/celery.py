@@ -17,8 +17,13 @@ from typing import Any
 
 from celery import Celery
 from celery.signals import beat_init, before_task_publish, worker_init, worker_ready
+from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sessionadmin.settings")
+
+# The embedded default's transport with atomic message files (see sessionadmin/broker.py); the
+# URL stays ``filesystem://`` for every process that publishes or consumes.
+TRANSPORT_ALIASES["filesystem"] = "sessionadmin.broker:Transport"
 
 logger = logging.getLogger(__name__)
 
