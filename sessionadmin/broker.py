@@ -29,7 +29,7 @@ PARTIAL_SUFFIX = ".part"  # kombu takes only names ending in ".<queue>.msg"
 
 
 class Channel(filesystem.Channel):
-    def _put(self, queue: Any, message: Any) -> Any:
+    def _put(self, queue: Any, message: Any, **kwargs: Any) -> Any:
         name = f"{round(monotonic() * 1000)}_{uuid.uuid4()}.{queue}.msg"
         final = os.path.join(self.data_folder_out, name)
         partial = final + PARTIAL_SUFFIX
