@@ -16,7 +16,8 @@ CELERY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 # Debian packages: bubblewrap for the stdio sandbox (run and tests), chromium for the browser
 # tests, wrk for `make bench`. Installed with apt-get only when missing.
 RUN_DEBS := bubblewrap
-DEBS := $(RUN_DEBS) chromium
+# prometheus: `promtool check rules` over deploy/prometheus/alerts.yml (tests/test_deploy_rules.py).
+DEBS := $(RUN_DEBS) chromium prometheus
 BENCH_DEBS := wrk
 
 .PHONY: run setup install install-dev deps run-deps bench-deps services lock lint test test-sqlite test-postgres test-browser bench worker beat

@@ -411,7 +411,7 @@ class MaintenanceRunAdmin(SafeDateHierarchy, ReadOnlyAdmin):
 class ApiTokenForm(forms.ModelForm):
     class Meta:
         model = ApiToken
-        fields = ["name", "org", "expires_at"]
+        fields = ["name", "org", "expires_at", "can_read_metrics"]
 
     def clean_expires_at(self) -> Any:
         expires_at = self.cleaned_data.get("expires_at")
@@ -434,18 +434,18 @@ class ApiTokenAdmin(NulSafeForeignKeys, admin.ModelAdmin):
     page after "Save") and revoked, never edited or deleted; the hash is never displayed."""
 
     form = ApiTokenForm
-    list_display = ["name", "prefix", "org", "expires_at", "revoked_at", "last_used_at", "created_by"]
+    list_display = ["name", "prefix", "org", "can_read_metrics", "expires_at", "revoked_at", "last_used_at", "created_by"]
     list_filter = ["org"]
     search_fields = ["name", "prefix"]
     readonly_fields = ["prefix", "created_at", "created_by", "revoked_at", "last_used_at"]
     actions = ["revoke_tokens"]
 
     def get_fields(self, request: HttpRequest, obj: Any = None) -> list[Any]:
-        fields: list[Any] = ["name", "org", "expires_at"]
+        fields: list[Any] = ["name", "org", "expires_at", "can_read_metrics"]
         return fields if obj is None else [*fields, *self.readonly_fields]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [] if obj is None else ["name", "org", "expires_at", *self.readonly_fields]
+        return [] if obj is None else ["name", "org", "expires_at", "can_read_metrics", *self.readonly_fields]
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
@@ -461,6 +461,7 @@ class ApiTokenAdmin(NulSafeForeignKeys, admin.ModelAdmin):
             actor=request.user.get_username(),
             org=obj.org,
             expires_at=obj.expires_at,
+            can_read_metrics=obj.can_read_metrics,
         )
         obj.pk, obj.prefix, obj.created_at = token.pk, token.prefix, token.created_at
         obj._state.adding = False

@@ -43,7 +43,7 @@ from ninja.security import HttpBearer
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
-from sessionadmin import lifecycle, tokens
+from sessionadmin import lifecycle, metrics, tokens
 from sessionadmin.lifecycle import (
     InvalidInput,
     InvalidOrgID,
@@ -597,6 +597,9 @@ def report_activity(request: HttpRequest, session_id: uuid.UUID) -> Status[None]
         raise not_found()
     if found.session_stale:
         touch_session(session_id, now=found.now)
+        metrics.HEARTBEAT_WRITTEN.inc()
+    else:
+        metrics.HEARTBEAT_COALESCED.inc()
     return Status(204, None)
 
 

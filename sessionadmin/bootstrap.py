@@ -73,3 +73,24 @@ def prepare() -> list[str]:
     if not has_secret_key() and write_secret_key(Path(settings.SECRET_KEY_FILE)):
         created.append(f"{settings.SECRET_KEY_FILE} (new secret key)")
     return created
+
+
+# prometheus_client decides on multiprocess mode when it is first imported, from this variable:
+# a process's starter sets it (nothing here imports prometheus_client).
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+METRICS_KINDS = ("web", "worker", "gateway")
+
+
+def metrics_env(kind: str) -> dict[str, str]:
+    """The environment a starter gives a process of ``kind`` (web, worker, gateway): its own
+    prometheus_client multiprocess directory ``SESSIONADMIN_METRICS_DIR/<kind>``, emptied now,
+    before the process starts (files of processes that ran before would be summed with the new
+    ones; prometheus_client's advice is to wipe the directory at start)."""
+    import shutil
+
+    if kind not in METRICS_KINDS:
+        raise ValueError(f"unknown process kind {kind!r}")
+    path = Path(settings.SESSIONADMIN_METRICS_DIR) / kind
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    return {MULTIPROC_ENV: str(path)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from celery import Celery
@@ -24,6 +25,21 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "sessionadmin.settings")
 # The embedded default's transport with atomic message files (see sessionadmin/broker.py); the
 # URL stays ``filesystem://`` for every process that publishes or consumes.
 TRANSPORT_ALIASES["filesystem"] = "sessionadmin.broker:Transport"
+
+
+def _standalone_worker_metrics() -> None:
+    """A worker started on its own (``celery -A sessionadmin worker``: ``manage.py run`` and the
+    tests give it the variable themselves) writes its metrics to SESSIONADMIN_METRICS_DIR/worker,
+    which the web tier's /metrics reads. Here, at import: Celery's command line imports this
+    module before any task module, and prometheus_client picks its mode at its own first import
+    (by worker_init it is too late: the tasks and their metrics are loaded)."""
+    from sessionadmin.bootstrap import MULTIPROC_ENV, metrics_env
+
+    if "worker" in sys.argv[1:] and not os.environ.get(MULTIPROC_ENV):
+        os.environ.update(metrics_env("worker"))
+
+
+_standalone_worker_metrics()
 
 logger = logging.getLogger(__name__)
 

@@ -20,19 +20,21 @@ The seed's ``SessionManager`` (manager.py) is a thin facade over these functions
 
 from __future__ import annotations
 
+import functools
 import logging
+import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec
 
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
 
-from sessionadmin import audit, workspaces
+from sessionadmin import audit, metrics, workspaces
 from sessionadmin.audit import AuditLogger
 from sessionadmin.models import AgentSession, LimitLock, MaintenanceRun, Org
 from sessionadmin.prompts import MAX_PROMPT_LENGTH, ComposedPrompt, DefaultPromptComposer, PromptComposer, sha256
@@ -133,6 +135,38 @@ class Limits:
         return cls(workspace_root=str(settings.SESSIONADMIN_WORKSPACE_ROOT), max_concurrent=settings.SESSIONADMIN_MAX_CONCURRENT)
 
 
+P = ParamSpec("P")
+
+
+def _observed_create(func: Callable[P, AgentSession]) -> Callable[P, AgentSession]:
+    """``sessionadmin_session_create_duration_seconds{status}``: every create, by outcome (an
+    unexpected error, which has no status of its own, is not observed)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> AgentSession:
+        started = time.perf_counter()
+        status = ""
+        try:
+            session = func(*args, **kwargs)
+            status = "success"
+            return session
+        except MaxSessionsReached as exc:
+            status = f"limit_{exc.limit}"
+            raise
+        except WorkspaceCreationError:
+            status = "workspace_error"
+            raise
+        except (InvalidUserID, InvalidOrgID, InvalidInput):
+            status = "invalid"
+            raise
+        finally:
+            if status:
+                metrics.session_create_duration.labels(status).observe(time.perf_counter() - started)
+
+    return wrapper
+
+
+@_observed_create
 def create(
     *,
     user_id: str,
@@ -475,6 +509,9 @@ def end(
         for row in rows:
             row.status, row.ended_by, row.end_reason, row.cleanup_run_id = AgentSession.Status.TERMINATING, actor, reason, run.pk
         result.sessions, result.run_id = rows, run.pk
+        # Counted when the transaction commits: a rolled-back ending ended nothing.
+        ended_counter = metrics.sessions_ended.labels(metrics.end_reason(actor=actor, idle=idle_cutoffs is not None))
+        transaction.on_commit(lambda: ended_counter.inc(len(rows)))
         if enqueue:
             transaction.on_commit(lambda: setattr(result, "enqueued", _send_removal(result.ids, actor)))
         # A session that ended must lose its MCP connections and agent endpoint at once, not
@@ -592,11 +629,14 @@ def finish(*, session_ids: Iterable[uuid.UUID | str], actor: str, sink: AuditLog
     mcp_services.close_clients_of_sessions([s.id for s in sessions], actor=actor)
     removed: list[AgentSession] = []
     for session in sessions:
+        started = time.perf_counter()
         try:
             workspaces.remove_session_workspace(session.workspace_path, user_id=session.user_id, session_id=str(session.id))
             removed.append(session)
         except workspaces.WorkspaceError as exc:
             result.failed[str(session.id)] = str(exc)
+        status = "failed" if str(session.id) in result.failed else "ok"
+        metrics.workspace_removal_duration.labels(status).observe(time.perf_counter() - started)
     result.ended = _mark_ended(removed, actor=actor, sink=sink)
     if result.failed:
         _record_removal_failures(sessions, result.failed, actor=actor, sink=sink)

@@ -13,19 +13,21 @@ run record from its sessions: the run is done when none of them is terminating a
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from sessionadmin import audit, lifecycle, workspaces
+from sessionadmin import audit, lifecycle, metrics, workspaces
 from sessionadmin.lifecycle import (
     INACTIVITY_ACTOR,
     INACTIVITY_CLEANUP,
@@ -61,7 +63,33 @@ ABANDONED_RUN_SECONDS = 3600
 PURGE_CHUNK = 1000
 
 
-# --- run records ------------------------------------------------------------------------------
+# --- run durations (sessionadmin/metrics.py) ------------------------------------------------------
+
+P = ParamSpec("P")
+
+
+def observed(task: str) -> Callable[[Callable[P, MaintenanceRun]], Callable[P, MaintenanceRun]]:
+    """``sessionadmin_maintenance_run_duration_seconds{task,outcome}`` of each run: the run's own
+    outcome (an inactivity cleanup whose removals are still going is ok: its walk is done), or
+    failed when it raised."""
+
+    def decorate(func: Callable[P, MaintenanceRun]) -> Callable[P, MaintenanceRun]:
+        @functools.wraps(func)
+        def wrapper(*args: P.args, **kwargs: P.kwargs) -> MaintenanceRun:
+            started, outcome = time.perf_counter(), "failed"
+            try:
+                run = func(*args, **kwargs)
+                outcome = run.outcome if run.outcome in metrics.MAINTENANCE_OUTCOMES else "ok"
+                return run
+            finally:
+                metrics.maintenance_run_duration.labels(task, outcome).observe(time.perf_counter() - started)
+
+        return wrapper
+
+    return decorate
+
+
+# --- run records ---------------------------------------------------------------------------------
 
 
 def finish_run(
@@ -110,6 +138,7 @@ def idle_threshold() -> timedelta:
     return timedelta(seconds=seconds)
 
 
+@observed(INACTIVITY_CLEANUP)
 def run_inactivity_cleanup(
     *,
     triggered_by: str = "beat",
@@ -271,6 +300,7 @@ def preview_cleanup(*, now: datetime | None = None, threshold: timedelta | None 
 # --- reconciliation ---------------------------------------------------------------------------
 
 
+@observed(RECONCILIATION)
 def reconcile(
     *, triggered_by: str = "beat", now: datetime | None = None, root: Path | str | None = None, worker: str = ""
 ) -> MaintenanceRun:
@@ -408,6 +438,7 @@ def close_abandoned_runs(*, now: datetime, exclude: int | None = None) -> int:
 # --- history purge ----------------------------------------------------------------------------
 
 
+@observed(HISTORY_PURGE)
 def purge_history(*, triggered_by: str = "beat", now: datetime | None = None, worker: str = "") -> MaintenanceRun:
     """Delete ended/failed session rows (with their MCP client rows) and old run records past
     SESSIONADMIN_HISTORY_RETENTION_DAYS, and audit entries past SESSIONADMIN_AUDIT_RETENTION_DAYS
@@ -457,6 +488,7 @@ def _delete_in_chunks(qs: Any, model: Any, what: str, policy: dict[str, int]) ->
 # --- MCP health -------------------------------------------------------------------------------
 
 
+@observed(MCP_HEALTH)
 def run_mcp_health(*, triggered_by: str = "beat", worker: str = "") -> MaintenanceRun:
     """Ask the MCP gateway to ping its live connections (``mcp_services.health_pass``) and
     record the counts (checked, ok, failed, changed, reconnecting, reconnects). A gateway that
@@ -526,3 +558,56 @@ def request_run(task: str, *, actor: str) -> None:
         raise BrokerUnavailable("the task queue (broker) is unreachable, so nothing was queued; try again later") from exc
     with transaction.atomic():
         audit.write([audit.entry("maintenance_run_requested", actor=actor, details={"task": task})])
+
+
+# --- figures for /metrics (read at scrape time) ------------------------------------------------
+
+
+def terminating_count() -> int:
+    return AgentSession.objects.filter(status=AgentSession.Status.TERMINATING).count()
+
+
+def last_successes() -> dict[str, datetime]:
+    """Task -> when a run of it last finished ok."""
+    from django.db.models import Max
+
+    rows = (
+        MaintenanceRun.objects.filter(outcome=MaintenanceRun.Outcome.OK, finished_at__isnull=False)
+        .values("task")
+        .annotate(last=Max("finished_at"))
+    )
+    return {row["task"]: row["last"] for row in rows}
+
+
+def limit_usage() -> dict[str, float]:
+    """The fullest of each kind of limit, as active/maximum: the global limit, the fullest org
+    (of those with a limit), the fullest user of an org with a per-user limit. Bounded: one
+    number per kind, whatever the number of orgs and users."""
+    from django.db.models import Count, Q
+
+    from sessionadmin.models import LimitLock, Org
+
+    out = {"global": 0.0, "org": 0.0, "user": 0.0}
+    maximum = settings.SESSIONADMIN_MAX_CONCURRENT
+    if maximum:
+        total = LimitLock.objects.filter(pk=1).values_list("active_sessions", flat=True).first() or 0
+        out["global"] = total / maximum
+    limits = {
+        org_id: (per_org, per_user)
+        for org_id, per_org, per_user in Org.objects.filter(
+            Q(max_sessions__isnull=False) | Q(max_sessions_per_user__isnull=False)
+        ).values_list("id", "max_sessions", "max_sessions_per_user")
+    }
+    if not limits:
+        return out
+    active = AgentSession.objects.active().filter(org_id__in=list(limits))
+    for row in active.values("org_id").annotate(n=Count("pk")):
+        per_org = limits[row["org_id"]][0]
+        if per_org:
+            out["org"] = max(out["org"], row["n"] / per_org)
+    user_limited = [org_id for org_id, (_, per_user) in limits.items() if per_user]
+    if user_limited:
+        for row in active.filter(org_id__in=user_limited).values("org_id", "user_id").annotate(n=Count("pk")):
+            per_user = limits[row["org_id"]][1]
+            out["user"] = max(out["user"], row["n"] / per_user)
+    return out

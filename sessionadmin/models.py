@@ -590,6 +590,9 @@ class ApiToken(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     created_by = models.CharField(max_length=200, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # May scrape /metrics (web tier and gateway). A token for Prometheus needs nothing else, but
+    # it is still a runtime API token: give Prometheus a token of its own.
+    can_read_metrics = models.BooleanField(default=False)
 
     objects = ApiTokenQuerySet.as_manager()
 

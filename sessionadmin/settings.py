@@ -12,6 +12,7 @@ Importing this module writes nothing. ``python manage.py setup`` (which ``make r
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from pathlib import Path
@@ -161,6 +162,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: the duration covers every other middleware, and every line has the request id.
+    "sessionadmin.middleware.RequestMetricsMiddleware",
+    "sessionadmin.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "sessionadmin.middleware.RejectNulMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -306,6 +310,32 @@ SESSIONADMIN_GATEWAY_SECRET = env_str("SESSIONADMIN_GATEWAY_SECRET", "")
 # handshake, bounded by SESSIONADMIN_MCP_TIMEOUT_SECONDS plus this).
 SESSIONADMIN_GATEWAY_TIMEOUT_SECONDS = env_float("SESSIONADMIN_GATEWAY_TIMEOUT_SECONDS", 5.0, minimum=0.1)
 
+# --- observability (sessionadmin/metrics.py, tracing.py; issue 14) ------------------------------
+
+
+def env_networks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """Comma-separated addresses or networks (``10.0.0.5``, ``10.1.0.0/16``, ``::1``); anything
+    else, including a network with host bits set, is ImproperlyConfigured."""
+    networks = []
+    for item in env_list(name, ""):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=True))
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an IP address or network ({exc})") from None
+    return networks
+
+
+# Multiprocess directories of prometheus_client, one per kind of process (web, worker, gateway).
+SESSIONADMIN_METRICS_DIR = env_path("SESSIONADMIN_METRICS_DIR", VAR_DIR / "prometheus")
+# Clients that may scrape /metrics with no token (Prometheus's address); empty: a token with the
+# metrics permission is always needed. Compared with REMOTE_ADDR (the proxy's address behind one).
+SESSIONADMIN_METRICS_ALLOWED_IPS = env_networks("SESSIONADMIN_METRICS_ALLOWED_IPS")
+# "text" (the default) or "json": one JSON object per line (time, level, logger, message,
+# request_id, session_id).
+SESSIONADMIN_LOG_FORMAT = env_str("SESSIONADMIN_LOG_FORMAT", "text").strip().lower() or "text"
+if SESSIONADMIN_LOG_FORMAT not in {"text", "json"}:
+    raise ImproperlyConfigured(f"SESSIONADMIN_LOG_FORMAT must be text or json, not {SESSIONADMIN_LOG_FORMAT!r}")
+
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_DIR = VAR_DIR / "celery" / "broker"
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", "filesystem://")
@@ -352,10 +382,23 @@ if LOG_LEVEL not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    # Secrets of the MCP operation in progress (and credentials in URLs) never reach a log line.
-    "filters": {"redact": {"()": "sessionadmin.redaction.RedactingFilter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["redact"]}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "sessionadmin.logs.json_formatter"},
+    },
+    # Secrets of the MCP operation in progress (and credentials in URLs) never reach a log line;
+    # "context" adds the request and session ids (sessionadmin/logs.py).
+    "filters": {
+        "redact": {"()": "sessionadmin.redaction.RedactingFilter"},
+        "context": {"()": "sessionadmin.logs.ContextFilter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if SESSIONADMIN_LOG_FORMAT == "json" else "plain",
+            "filters": ["redact", "context"],
+        }
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         "django.db.backends": {"level": "WARNING"},

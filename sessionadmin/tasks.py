@@ -8,13 +8,14 @@ periodic runs do not retry (the next beat tick is the retry) and record their fa
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from sessionadmin import lifecycle, maintenance
-from sessionadmin.lifecycle import INACTIVITY_ACTOR, WorkspaceRemovalError
+from sessionadmin import lifecycle, maintenance, metrics
+from sessionadmin.lifecycle import INACTIVITY_ACTOR, WORKSPACE_REMOVAL, WorkspaceRemovalError
 
 REMOVAL_POLICY: dict[str, Any] = {
     "bind": True,
@@ -37,7 +38,12 @@ def remove_workspaces(self: Any, session_ids: list[str], actor: str = INACTIVITY
     retried (the task raises so that Celery's retry policy applies). Extra keyword arguments
     (``run_id``, ``batch``) of messages queued by earlier versions are ignored: the run is
     found from the sessions now."""
-    result = lifecycle.finish(session_ids=session_ids, actor=actor)
+    started, outcome = time.perf_counter(), "failed"
+    try:
+        result = lifecycle.finish(session_ids=session_ids, actor=actor)
+        outcome = "partial" if result.failed else "ok"
+    finally:
+        metrics.maintenance_run_duration.labels(WORKSPACE_REMOVAL, outcome).observe(time.perf_counter() - started)
     if result.failed:
         raise WorkspaceRemovalError(
             f"{len(result.failed)} workspace(s) could not be removed: " + next(iter(result.failed.values()))

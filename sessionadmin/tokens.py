@@ -51,9 +51,11 @@ def create_token(
     actor: str,
     org: Org | None = None,
     expires_at: datetime | None = None,
+    can_read_metrics: bool = False,
     now: datetime | None = None,
 ) -> tuple[ApiToken, str]:
-    """A new token and its plaintext, which is not stored and cannot be shown again."""
+    """A new token and its plaintext, which is not stored and cannot be shown again.
+    ``can_read_metrics``: it may scrape /metrics."""
     name = (name or "").strip()
     if not name:
         raise TokenError("a token needs a name")
@@ -71,6 +73,7 @@ def create_token(
         token_hash=hash_token(raw),
         org=org,
         expires_at=expires_at,
+        can_read_metrics=can_read_metrics,
         created_at=now,
         created_by=actor[:200],
     )
@@ -110,6 +113,7 @@ def _token_entry(event_type: str, token: ApiToken, actor: str, now: datetime) ->
             "prefix": token.prefix,
             "org_id": token.org_id,
             "expires_at": token.expires_at.isoformat() if token.expires_at else None,
+            "can_read_metrics": token.can_read_metrics,
         },
     )
 

@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from sessionadmin import api, maintenance_views, mcp_views, views
+from sessionadmin import api, maintenance_views, mcp_views, metrics_views, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -49,6 +49,8 @@ urlpatterns = [
     # Maintenance (sessionadmin/maintenance_views.py)
     path("maintenance/", maintenance_views.maintenance_page, name="maintenance"),
     path("maintenance/run/", maintenance_views.maintenance_run, name="maintenance_run"),
+    # Prometheus (sessionadmin/metrics_views.py)
+    path("metrics", metrics_views.metrics_view, name="metrics"),
     # Runtime API (sessionadmin/api.py) and /healthz
     *api.urlpatterns(),
 ]

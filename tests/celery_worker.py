@@ -171,7 +171,11 @@ class CeleryWorker:
             CELERY_POLLING_INTERVAL="0.05",
             CELERY_BROKER_URL=self.broker_url,
             PYTHONUNBUFFERED="1",
+            # The test process's metrics directories: its /metrics merges what the worker writes.
+            SESSIONADMIN_METRICS_DIR=str(settings.SESSIONADMIN_METRICS_DIR),
+            PROMETHEUS_MULTIPROC_DIR=str(Path(settings.SESSIONADMIN_METRICS_DIR) / "worker"),
         )
+        Path(env["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
         if self.faults:
             env["SESSIONADMIN_TEST_FAULTS"] = json.dumps(self.faults)
         return env

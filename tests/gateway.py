@@ -47,8 +47,12 @@ class RunningGateway:
             SESSIONADMIN_STDIO_SANDBOX="on" if settings.SESSIONADMIN_STDIO_SANDBOX else "off",
             SESSIONADMIN_STDIO_COMMANDS=",".join(settings.SESSIONADMIN_STDIO_COMMANDS),
             PYTHONUNBUFFERED="1",
+            # Its own metrics directory (the test process's is the web tier's).
+            SESSIONADMIN_METRICS_DIR=str(self.tmp / "metrics"),
+            PROMETHEUS_MULTIPROC_DIR=str(self.tmp / "metrics" / "gateway"),
             **(extra_env or {}),
         )
+        (self.tmp / "metrics" / "gateway").mkdir(parents=True)
         self.log = open(self.tmp / "gateway.log", "w+")
         self.proc = subprocess.Popen(
             [sys.executable, str(REPO / "manage.py"), "mcp_gateway"],

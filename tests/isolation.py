@@ -33,6 +33,13 @@ os.environ["SESSIONADMIN_MCP_ALLOWED_HOSTS"] = "127.0.0.1"
 # The stdio allow-list, explicitly: the test MCP servers run on this venv's python
 # (tests/mcp_servers/); nothing else may run, whatever the developer's shell says.
 os.environ["SESSIONADMIN_STDIO_COMMANDS"] = sys.executable
+# The test process is the web tier, in prometheus_client's multiprocess mode as in production
+# (decided when prometheus_client is first imported, so here); Celery workers of the tests write
+# to the "worker" directory beside it (tests/celery_worker.py), the gateway to its own.
+METRICS_DIR = os.path.join(VAR_DIR, "prometheus")
+os.environ["SESSIONADMIN_METRICS_DIR"] = METRICS_DIR
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(METRICS_DIR, "web")
+os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def pytest_configure(config: pytest.Config) -> None:

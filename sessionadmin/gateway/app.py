@@ -91,6 +91,8 @@ class GatewayApp:
             await self._endpoint(match.group(1), scope, receive, send)
         elif path.startswith("/internal/"):
             await self._internal(scope, receive, send)
+        elif path == "/metrics":
+            await self._metrics(scope, send)
         elif path == "/healthz":
             gateway = self.gateway
             await _json(
@@ -105,6 +107,38 @@ class GatewayApp:
             )
         else:
             await _json(send, 404, {"error": {"kind": "not found", "message": "no such endpoint"}})
+
+    # --- /metrics -------------------------------------------------------------------------------
+
+    async def _metrics(self, scope: Scope, send: Send) -> None:
+        """The gateway's own metrics, for the same credentials as the web tier's /metrics: a
+        listed client address, or an API token with the metrics permission (401 with none, 403
+        with a token that may not)."""
+        from sessionadmin import metrics
+
+        if scope["method"] not in ("GET", "HEAD"):
+            await _json(send, 405, {"error": {"kind": "invalid", "message": "method not allowed"}})
+            return
+        client = scope.get("client") or ("", 0)
+        if not metrics.allowed_address(str(client[0])):
+            authorization = _header(scope, b"authorization")
+            if not authorization:
+                headers = [(b"www-authenticate", b'Bearer realm="sessionadmin metrics"')]
+                await _json(send, 401, {"error": {"kind": "unauthorized", "message": "a metrics token is required"}}, headers)
+                return
+            if not await self.gateway.db.run(metrics.token_allows, authorization):
+                await _json(send, 403, {"error": {"kind": "forbidden", "message": "this token may not read metrics"}})
+                return
+        live = metrics.live_clients_family(upstream.state for upstream in self.gateway.upstreams.values())
+        body, content_type = metrics.exposition(metrics.registry_for(("gateway",), [metrics.Fixed([live])]))
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     # --- the session endpoint -----------------------------------------------------------------
 

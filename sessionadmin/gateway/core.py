@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from sessionadmin import mcp_client, mcp_services
+from sessionadmin import mcp_client, mcp_services, metrics, tracing
 from sessionadmin.gateway.db import Database
 from sessionadmin.gateway.results import present
 from sessionadmin.gateway.upstream import CONNECTED, RECONNECTING, ClientInfo, Unavailable, Upstream
@@ -410,14 +410,18 @@ class Gateway:
         *,
         actor: str,
         timeout: float | None = None,
+        traceparent: str = "",
+        mcp_session_id: str = "",
     ) -> Any:
         """Call a tool on a live connection for the agent or an operator: refused when the tool
         is quarantined, held as session activity with a lease while it runs, cancelled if the
         session is killed, audited (``mcp_tool_called``), and its result redacted and capped.
         Returns the (redacted) ``CallToolResult``; raises McpError, Unavailable, SessionEnded,
-        or ToolRefused."""
+        or ToolRefused. ``traceparent``: the agent's trace context, which the call's span
+        (sessionadmin/tracing.py) continues."""
         started = time.perf_counter()
         outcome, error, kind = "failed", "", ""
+        span = tracing.start_tool_call(tool, session_id=str(state.id), mcp_session_id=mcp_session_id, traceparent=traceparent)
         self.calls_in_flight += 1
         try:
             refusal = self.refusal(upstream, tool)
@@ -447,6 +451,9 @@ class Gateway:
             raise
         finally:
             self.calls_in_flight -= 1
+            duration = time.perf_counter() - started
+            _observe_call(upstream, actor, outcome, duration)
+            tracing.end_tool_call(span, error_type=_error_type(outcome, kind))
             self.audit(
                 mcp_services.tool_call_entry(
                     session_id=state.id,
@@ -456,7 +463,7 @@ class Gateway:
                     client_id=upstream.info.client_id,
                     tool=tool,
                     arguments=arguments,
-                    duration=time.perf_counter() - started,
+                    duration=duration,
                     outcome=outcome,
                     error=error,
                     kind=kind,
@@ -600,9 +607,13 @@ class Gateway:
 
         async def one(upstream: Upstream) -> None:
             async with limiter:
+                started = time.perf_counter()
+                transport = metrics.mcp_transport(upstream.info.target.transport if upstream.info.target else "")
                 try:
                     await upstream.ping()
+                    metrics.mcp_operation_duration.labels("ping", transport, "ok").observe(time.perf_counter() - started)
                 except (McpError, Unavailable) as exc:
+                    metrics.mcp_operation_duration.labels("ping", transport, "error").observe(time.perf_counter() - started)
                     counts["failed"] += 1
                     if upstream.state == RECONNECTING:
                         counts["reconnecting"] += 1
@@ -704,6 +715,26 @@ class Gateway:
 
 class ToolRefused(Exception):
     pass
+
+
+def _observe_call(upstream: Upstream, actor: str, outcome: str, duration: float) -> None:
+    """The call's metrics: every call is counted; one refused before it reached the server is not
+    an MCP operation, so it has no duration."""
+    metrics.mcp_tool_calls.labels(metrics.actor_kind(actor), outcome).inc()
+    if outcome != "refused":
+        transport = metrics.mcp_transport(upstream.info.target.transport if upstream.info.target else "")
+        status = "ok" if outcome == "ok" else "error"
+        metrics.mcp_operation_duration.labels("tools/call", transport, status).observe(duration)
+
+
+def _error_type(outcome: str, kind: str) -> str:
+    """``error.type`` of a call's span: "tool_error" for a result with isError (the MCP
+    conventions' value), else what went wrong; "" when it succeeded."""
+    if outcome == "ok":
+        return ""
+    if outcome == "error":
+        return "tool_error"
+    return kind or outcome
 
 
 def _kind_of(exc: Exception) -> str:

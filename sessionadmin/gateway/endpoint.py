@@ -53,6 +53,19 @@ class _Exposed:
         self.tools: list[Any] = []
 
 
+def traceparent_of(ctx: Any, params: Any) -> str:
+    """The caller's W3C trace context: ``params._meta.traceparent`` (how the MCP semantic
+    conventions propagate it), else the HTTP ``traceparent`` header."""
+    meta = getattr(params, "meta", None)
+    value = getattr(meta, "traceparent", None) if meta is not None else None
+    if value is None and meta is not None:
+        extra = getattr(meta, "model_extra", None) or {}
+        value = extra.get("traceparent")
+    if not value and ctx.request is not None:
+        value = ctx.request.headers.get("traceparent", "")
+    return str(value or "")[:128]
+
+
 def build_server(gateway: Gateway) -> Server[Any]:
     import mcp_types as types
     from mcp.server.lowlevel import NotificationOptions, Server
@@ -127,7 +140,15 @@ def build_server(gateway: Gateway) -> Server[Any]:
         if name not in upstream.info.pinned and name not in upstream.info.quarantined:
             raise MCPError(INVALID_PARAMS, f"unknown tool {params.name!r}")
         try:
-            return await gateway.call(state, upstream, name, dict(params.arguments or {}), actor=agent_actor(state.id))
+            return await gateway.call(
+                state,
+                upstream,
+                name,
+                dict(params.arguments or {}),
+                actor=agent_actor(state.id),
+                traceparent=traceparent_of(ctx, params),
+                mcp_session_id=ctx.request.headers.get("mcp-session-id", "") if ctx.request is not None else "",
+            )
         except ToolRefused as exc:
             raise MCPError(INVALID_PARAMS, str(exc)) from None
         except SessionEnded:

@@ -25,7 +25,7 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from sessionadmin import mcp_client
+from sessionadmin import mcp_client, metrics
 from sessionadmin.mcp_client import McpError, ProcessHandle, Snapshot, Target
 from sessionadmin.redaction import Redactor
 
@@ -258,6 +258,7 @@ class Upstream:
                     self.state = CONNECTED
                     if reconnecting:
                         self.reconnects += 1
+                        metrics.mcp_reconnects.inc()
                     await self.on_listing(self, snapshot, reconnecting)
                     await self.on_status(self, CONNECTED, "", reconnecting)
                     await self._dropped.wait()

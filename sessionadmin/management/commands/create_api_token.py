@@ -1,4 +1,4 @@
-"""``create_api_token NAME [--org ORG] [--expires-in-days N]``: create a
+"""``create_api_token NAME [--org ORG] [--expires-in-days N] [--metrics]``: create a
 runtime API token and print its plaintext once (only a hash is stored)."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--org", help="scope the token to this org id (default: every org)")
         parser.add_argument("--expires-in-days", type=int, help="the token stops working after this many days")
         parser.add_argument("--actor", help="recorded in the audit trail (default: cli:<os user>)")
+        parser.add_argument("--metrics", action="store_true", help="the token may scrape /metrics (for Prometheus)")
 
     def handle(
         self,
@@ -30,6 +31,7 @@ class Command(BaseCommand):
         org: str | None,
         expires_in_days: int | None,
         actor: str | None,
+        metrics: bool = False,
         **options: Any,
     ) -> None:
         scope = None
@@ -46,6 +48,7 @@ class Command(BaseCommand):
                 actor=actor or f"cli:{getpass.getuser()}",
                 org=scope,
                 expires_at=expires_at,
+                can_read_metrics=metrics,
             )
         except tokens.TokenError as exc:
             raise CommandError(str(exc))

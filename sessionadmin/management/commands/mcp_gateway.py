@@ -58,3 +58,6 @@ class Command(BaseCommand):
         finally:
             db.shutdown()
             sock.close()
+            from sessionadmin import tracing
+
+            tracing.shutdown()  # spans still buffered go out

@@ -34,6 +34,18 @@ def processes(*, bind: str, web_workers: int, concurrency: int) -> dict[str, lis
     }  # fmt: skip
 
 
+def process_env(name: str) -> dict[str, str]:
+    """The environment of one process: web, worker and gateway each get their own Prometheus
+    multiprocess directory, emptied before they start (sessionadmin/metrics.py); beat records
+    no metrics."""
+    from sessionadmin.bootstrap import METRICS_KINDS, MULTIPROC_ENV, metrics_env
+
+    env = {k: v for k, v in os.environ.items() if k != MULTIPROC_ENV}
+    if name in METRICS_KINDS:
+        env.update(metrics_env(name))
+    return env
+
+
 class Command(BaseCommand):
     help = "Start web, the MCP gateway, Celery worker and Celery beat together; Ctrl-C stops them all."
 
@@ -64,7 +76,7 @@ class Command(BaseCommand):
         for name, cmd in commands.items():
             # Own process groups: the terminal's Ctrl-C reaches only us, and we stop the
             # children in order (a worker finishing its task gets its grace period).
-            procs[name] = subprocess.Popen(cmd, start_new_session=True)
+            procs[name] = subprocess.Popen(cmd, start_new_session=True, env=process_env(name))
             self.stdout.write(f"started {name} (pid {procs[name].pid}): {' '.join(cmd)}")
         self.stdout.write(
             self.style.SUCCESS(
