@@ -16,17 +16,24 @@ request_id: contextvars.ContextVar[str] = contextvars.ContextVar("sessionadmin_r
 session_id: contextvars.ContextVar[str] = contextvars.ContextVar("sessionadmin_session_id", default="")
 
 
+_VARS = {"request_id": request_id, "session_id": session_id}
+
+
 @contextmanager
-def context(*, request_id: str = "", session_id: str = "") -> Iterator[None]:
-    """Set the ids for the lines written inside the block (each one only when given)."""
-    tokens: list[tuple[contextvars.ContextVar[str], contextvars.Token[str]]] = []
-    for var, value in ((globals()["request_id"], request_id), (globals()["session_id"], session_id)):
-        tokens.append((var, var.set(value)))
+def context(**ids: str) -> Iterator[None]:
+    """Set ``request_id`` and/or ``session_id`` for the lines written inside the block."""
+    tokens = [(_VARS[name], _VARS[name].set(value)) for name, value in ids.items()]
     try:
         yield
     finally:
         for var, token in reversed(tokens):
             var.reset(token)
+
+
+def clear_ids(**_: Any) -> None:
+    """``request_finished``: the lines of whatever the thread does next carry no stale id."""
+    request_id.set("")
+    session_id.set("")
 
 
 class ContextFilter(logging.Filter):

@@ -97,8 +97,11 @@ class RequestIdMiddleware:
 
         incoming = request.META.get("HTTP_X_REQUEST_ID", "")
         request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
-        with logs.context(request_id=request_id):
-            response = self.get_response(request)
+        # Not reset on the way out: Django logs a 4xx/5xx ("Not Found: ...") after the last
+        # middleware returns. The ids are cleared when the request finishes (logs.clear_ids).
+        logs.request_id.set(request_id)
+        logs.session_id.set("")
+        response = self.get_response(request)
         response["X-Request-ID"] = request_id
         return response
 

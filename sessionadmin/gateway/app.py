@@ -26,6 +26,7 @@ from typing import Any
 import anyio
 from starlette.types import Message, Receive, Scope, Send
 
+from sessionadmin import logs
 from sessionadmin.gateway.core import Gateway, GatewayProblem, SessionState
 from sessionadmin.gateway.endpoint import STATE_KEY, build_server
 from sessionadmin.gateway_client import SCHEME, internal_secret
@@ -164,6 +165,8 @@ class GatewayApp:
             return
         scope[STATE_KEY] = state
         scope["user"] = _principal(state)
+        # This request's task has its own context: its log lines name the session.
+        logs.session_id.set(str(session_id))
         exchange = anyio.CancelScope()
         progress = {"started": False, "done": False}
 
