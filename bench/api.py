@@ -164,7 +164,11 @@ def run(out: Any, **opts: Any) -> None:
             "SESSIONADMIN_ACTIVITY_RESOLUTION_SECONDS": str(opts["resolution"]),
             "SESSIONADMIN_MAX_CONCURRENT": "0",
             "BENCH_CONN_HEALTH_CHECKS": "0" if opts["no_health_checks"] else "1",
+            # Metrics as production records them: every gunicorn worker in prometheus_client's
+            # multiprocess mode (sessionadmin/metrics.py), writing to files of its own.
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp / "prometheus"),
         }
+        (tmp / "prometheus").mkdir()
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, check=True)
         seeded = subprocess.run(
