@@ -9,9 +9,9 @@ Processes: web (gunicorn workers), Celery workers and the MCP gateway each write
 prometheus_client multiprocess directory, ``SESSIONADMIN_METRICS_DIR/<kind>``, named by
 ``PROMETHEUS_MULTIPROC_DIR`` in the environment of the process (which prometheus_client reads
 when it is first imported: the starter sets it, see ``bootstrap.metrics_env``). The web tier's
-``/metrics`` merges the ``web`` and ``worker`` directories; the gateway's own ``/metrics`` reads
-``gateway``. Without ``PROMETHEUS_MULTIPROC_DIR`` (runserver, a one-off command) metrics stay in
-the process and ``/metrics`` shows that process's own.
+``/metrics`` merges its own directory and ``worker``; the gateway's own ``/metrics`` reads its
+own. Without ``PROMETHEUS_MULTIPROC_DIR`` (runserver, a one-off command) metrics stay in the
+process and ``/metrics`` shows that process's own.
 
 Gauges are never written by a process: every gauge is read when Prometheus scrapes (from the
 database, or the gateway's live state), so a dead process cannot leave a stale value behind and
@@ -21,9 +21,7 @@ no gauge needs a multiprocess aggregation mode.
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -36,6 +34,9 @@ from sessionadmin.bootstrap import MULTIPROC_ENV
 # --- label values (the only ones there will ever be) --------------------------------------------
 
 CREATE_STATUSES = ("success", "limit_global", "limit_org", "limit_user", "invalid", "workspace_error")
+# "error": a session ended because something failed. No code path does that today (a removal
+# that fails is retried and the session stays terminating), so the series stays at 0; it is
+# kept so that such an ending is counted from its first occurrence.
 END_REASONS = ("idle", "killed", "api", "error")
 REMOVAL_STATUSES = ("ok", "failed")
 # lifecycle.INACTIVITY_CLEANUP, WORKSPACE_REMOVAL and maintenance's own task names (MaintenanceRun.task).
@@ -145,15 +146,6 @@ def precreate_http(handlers: Iterable[str]) -> None:
                 http_request_duration.labels(handler, method, code)
 
 
-@contextmanager
-def timed(histogram: Histogram, *labels: str) -> Iterator[None]:
-    started = time.perf_counter()
-    try:
-        yield
-    finally:
-        histogram.labels(*labels).observe(time.perf_counter() - started)
-
-
 def end_reason(*, actor: str, idle: bool) -> str:
     """The bounded ``reason`` label of an ending: the caller kind, never the free-text reason."""
     if idle:
@@ -180,10 +172,6 @@ def metrics_dir() -> Path:
     return Path(settings.SESSIONADMIN_METRICS_DIR)
 
 
-def multiprocess() -> bool:
-    return bool(os.environ.get(MULTIPROC_ENV))
-
-
 class _Merged(Collector):
     """Every ``*.db`` file of several multiprocess directories, merged as one set of processes
     (MultiProcessCollector reads only one directory)."""
@@ -196,14 +184,17 @@ class _Merged(Collector):
         return MultiProcessCollector.merge(files, accumulate=True)
 
 
-def registry_for(kinds: tuple[str, ...], extra: Iterable[Collector] = ()) -> CollectorRegistry:
-    """What ``/metrics`` exposes: the counters and histograms of the processes of ``kinds``
-    (this process's own when not in multiprocess mode), plus the gauges read now."""
-    if multiprocess():
-        registry = CollectorRegistry()
-        registry.register(_Merged([metrics_dir() / kind for kind in kinds]))
+def registry_for(also: tuple[str, ...] = (), extra: Iterable[Collector] = ()) -> CollectorRegistry:
+    """What ``/metrics`` exposes: the counters and histograms of this process and its siblings
+    (its own multiprocess directory), of the processes of the kinds in ``also`` (the web tier
+    reads the workers'), or only this process's when not in multiprocess mode; plus ``extra``,
+    the gauges read now."""
+    registry = CollectorRegistry()
+    own = os.environ.get(MULTIPROC_ENV)
+    if own:
+        paths = list(dict.fromkeys(p.resolve() for p in [Path(own), *(metrics_dir() / kind for kind in also)]))
+        registry.register(_Merged(paths))
     else:
-        registry = CollectorRegistry()
         registry.register(_Process())
     for collector in extra:
         registry.register(collector)
@@ -224,14 +215,12 @@ class DatabaseCollector(Collector):
     """The web tier's gauges, from the database at scrape time."""
 
     def collect(self) -> Iterable[Metric]:
-        from sessionadmin import lifecycle
         from sessionadmin.maintenance import last_successes, limit_usage, terminating_count
-        from sessionadmin.models import LimitLock, ServiceHeartbeat
+        from sessionadmin.models import AgentSession, LimitLock, ServiceHeartbeat
 
         active = LimitLock.objects.filter(pk=1).values_list("active_sessions", flat=True).first()
-        if active is None:
-            lifecycle.ensure_limit_row()
-            active = LimitLock.objects.filter(pk=1).values_list("active_sessions", flat=True).first() or 0
+        if active is None:  # the row the migration creates is missing (a flushed database): count
+            active = AgentSession.objects.active().count()
         yield GaugeMetricFamily(
             "sessionadmin_sessions_active", "Active sessions (the trigger-kept counter the global limit uses).", value=active
         )

@@ -34,5 +34,5 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     refusal = scrape_refusal(request)
     if refusal is not None:
         return refusal
-    body, content_type = metrics.exposition(metrics.registry_for(("web", "worker"), [metrics.DatabaseCollector()]))
+    body, content_type = metrics.exposition(metrics.registry_for(also=("worker",), extra=[metrics.DatabaseCollector()]))
     return HttpResponse(body, content_type=content_type)

@@ -140,3 +140,18 @@ class SetupCommandTestCase(TempDirMixin, SimpleTestCase):
         migrated = self.run_python("manage.py", "migrate", "--no-input", "-v", "0")
         self.assertEqual(migrated.returncode, 0, migrated.stderr)
         self.assertFalse((self.tmp / "var" / "secret_key").exists())
+
+
+class MetricsSettingsTests(SimpleTestCase):
+    def test_the_metrics_allow_list_is_empty_by_default(self) -> None:
+        with mock.patch.dict(os.environ, {"SESSIONADMIN_METRICS_ALLOWED_IPS": ""}):
+            self.assertEqual(load_settings()["SESSIONADMIN_METRICS_ALLOWED_IPS"], [])
+
+    def test_the_metrics_allow_list_takes_addresses_and_networks(self) -> None:
+        loaded = load_settings(SESSIONADMIN_METRICS_ALLOWED_IPS=" 10.0.0.5, 10.1.0.0/16,::1 ")
+        self.assertEqual([str(n) for n in loaded["SESSIONADMIN_METRICS_ALLOWED_IPS"]], ["10.0.0.5/32", "10.1.0.0/16", "::1/128"])
+
+    def test_the_metrics_allow_list_refuses_anything_else(self) -> None:
+        for bad in ("prometheus.local", "10.0.0.5/16", "10.0.0.300", "*"):
+            with self.subTest(bad), self.assertRaisesRegex(ImproperlyConfigured, "SESSIONADMIN_METRICS_ALLOWED_IPS"):
+                load_settings(SESSIONADMIN_METRICS_ALLOWED_IPS=bad)

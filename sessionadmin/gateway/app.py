@@ -131,7 +131,7 @@ class GatewayApp:
                 await _json(send, 403, {"error": {"kind": "forbidden", "message": "this token may not read metrics"}})
                 return
         live = metrics.live_clients_family(upstream.state for upstream in self.gateway.upstreams.values())
-        body, content_type = metrics.exposition(metrics.registry_for(("gateway",), [metrics.Fixed([live])]))
+        body, content_type = metrics.exposition(metrics.registry_for(extra=[metrics.Fixed([live])]))
         await send(
             {
                 "type": "http.response.start",
