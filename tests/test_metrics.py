@@ -9,18 +9,22 @@ whole run, so earlier tests' events are in them too."""
 from __future__ import annotations
 
 import ipaddress
+import json
+import shutil
+import tempfile
 import urllib.error
 import urllib.request
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
-from django.test import Client, override_settings
+from django.test import Client, SimpleTestCase, override_settings
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from sessionadmin import lifecycle, mcp_services, metrics, tasks, tokens
-from sessionadmin.models import AgentSession, MaintenanceRun
+from sessionadmin.models import AgentSession, MaintenanceRun, McpServer
 from tests.base import BaseTestCase
 from tests.gateway import GatewayMixin, agent_client, run_async
 from tests.gateway import tearDownModule as stop_gateways
@@ -263,17 +267,12 @@ class MetricsScenarioTests(GatewayMixin, WorkerTestCase):
         self.assertEqual(self.gateway_get(self.raw["runtime"])[0], 403)
         self.assertEqual(self.gateway_get(self.raw["prometheus"])[0], 200)
 
-    def http_server(self) -> Any:
-        from sessionadmin.models import McpServer
-
+    def http_server(self) -> McpServer:
         return mcp_services.save_server(
             McpServer(name="tools-http", transport="streamable_http", url=SERVERS["http"].url), actor="alice"
         )
 
     def endpoint(self, session_id: str) -> tuple[str, str]:
-        import json
-        from pathlib import Path
-
         session = AgentSession.objects.get(pk=session_id)
         entry = json.loads((Path(session.workspace_path) / ".mcp.json").read_text())["mcpServers"]["sessionadmin"]
         return entry["url"], entry["headers"]["Authorization"].removeprefix("Bearer ")
@@ -320,3 +319,19 @@ class MetricsAccessTests(BaseTestCase):
         self.assertEqual(
             Client().post("/metrics", headers={"Authorization": f"Bearer {self.raw['prometheus']}"}).status_code, 405
         )
+
+
+class ProcessEnvironmentTests(SimpleTestCase):
+    def test_run_gives_web_worker_and_gateway_an_emptied_directory_each_and_beat_none(self) -> None:
+        from sessionadmin.management.commands.run import process_env
+
+        tmp = Path(tempfile.mkdtemp(prefix="sessionadmin-metrics-env-"))
+        self.addCleanup(shutil.rmtree, tmp, ignore_errors=True)
+        (tmp / "web").mkdir()
+        (tmp / "web" / "counter_1.db").write_bytes(b"left by a process that ran before")
+        with override_settings(SESSIONADMIN_METRICS_DIR=tmp):
+            envs = {name: process_env(name) for name in ("web", "gateway", "worker", "beat")}
+        for kind in ("web", "gateway", "worker"):
+            self.assertEqual(envs[kind]["PROMETHEUS_MULTIPROC_DIR"], str(tmp / kind))
+            self.assertEqual(list((tmp / kind).iterdir()), [])
+        self.assertNotIn("PROMETHEUS_MULTIPROC_DIR", envs["beat"])

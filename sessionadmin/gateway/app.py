@@ -139,7 +139,7 @@ class GatewayApp:
                 "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())],
             }
         )
-        await send({"type": "http.response.body", "body": body})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
 
     # --- the session endpoint -----------------------------------------------------------------
 
