@@ -191,7 +191,8 @@ def raw_rate(count: int) -> float:
     s_table, a_table = AgentSession._meta.db_table, AuditEntry._meta.db_table
     session_sql = (
         f"INSERT INTO {s_table} (id, user_id, org_id, workspace_path, system_prompt, prompt_provenance, variables, status, "
-        "created_at, created_by, last_active_at, ended_by, end_reason, last_error, cleanup_attempts, pin_reason, pinned_by, gateway) "
+        "created_at, created_by, last_active_at, ended_by, end_reason, last_error, cleanup_attempts, pin_reason, pinned_by, "
+        "gateway) "
         "VALUES (%s, %s, 'bench', %s, '', '[]', '{}', 'active', %s, 'bench', %s, '', '', '', 0, '', '', '')"
     )
     audit_sql = (
