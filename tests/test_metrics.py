@@ -24,11 +24,11 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from sessionadmin import lifecycle, mcp_services, metrics, tasks, tokens
-from sessionadmin.models import AgentSession, MaintenanceRun, McpServer
+from sessionadmin.models import AgentSession, MaintenanceRun, McpClient, McpServer
 from tests.base import BaseTestCase
 from tests.gateway import GatewayMixin, agent_client, run_async
 from tests.gateway import tearDownModule as stop_gateways
-from tests.mcp_servers import RunningServer
+from tests.mcp_servers import SANDBOX_PATHS, RunningServer, stdio_command
 from tests.test_tasks_worker import WorkerTestCase
 
 Key = tuple[str, frozenset[tuple[str, str]]]
@@ -262,6 +262,33 @@ class MetricsScenarioTests(GatewayMixin, WorkerTestCase):
         for sid in (first, second, str(third.pk)):
             self.assertFalse(any(sid in str(k) for k in [*web, *gateway]))
 
+    def test_a_reconnect_and_a_failed_call_are_counted_by_the_gateway(self) -> None:
+        command, args = stdio_command()
+        entry = mcp_services.save_server(
+            McpServer(name="tools-stdio", transport="stdio", command=command, args=args, read_only_paths=list(SANDBOX_PATHS)),
+            actor="alice",
+        )
+        session = self.manager().create_session("u1", "acme", actor="alice")
+        mcp_services.add_client(session.id, server=entry, actor="alice")
+        url, token = self.endpoint(str(session.id))
+        before, _ = self.scrape_gateway()
+
+        async def crash() -> bool:
+            async with agent_client(url, token) as client:
+                return bool((await client.call_tool("tools-stdio__crash", {})).is_error)
+
+        self.assertTrue(run_async(crash))
+        self.wait(
+            lambda: McpClient.objects.filter(client_id="tools-stdio", reconnects=1, status="connected").exists(),
+            what="the reconnect",
+        )
+        after, _ = self.scrape_gateway()
+        self.assertEqual(after[key("sessionadmin_mcp_reconnects_total")] - before[key("sessionadmin_mcp_reconnects_total")], 1)
+        failed = key("sessionadmin_mcp_tool_calls_total", actor_kind="agent", outcome="failed")
+        self.assertEqual(after[failed] - before[failed], 1)
+        errors = key("sessionadmin_mcp_operation_duration_seconds_count", method="tools/call", transport="stdio", status="error")
+        self.assertEqual(after[errors] - before[errors], 1)
+
     def test_the_gateway_refuses_a_scrape_without_a_metrics_token(self) -> None:
         self.assertEqual(self.gateway_get(None)[0], 401)
         self.assertEqual(self.gateway_get(self.raw["runtime"])[0], 403)
@@ -335,3 +362,19 @@ class ProcessEnvironmentTests(SimpleTestCase):
             self.assertEqual(envs[kind]["PROMETHEUS_MULTIPROC_DIR"], str(tmp / kind))
             self.assertEqual(list((tmp / kind).iterdir()), [])
         self.assertNotIn("PROMETHEUS_MULTIPROC_DIR", envs["beat"])
+
+
+class LimitUsageTests(BaseTestCase):
+    def test_it_reports_the_fullest_org_and_user_and_the_global_limit(self) -> None:
+        from sessionadmin.maintenance import limit_usage
+
+        self.org.max_sessions, self.org.max_sessions_per_user = 4, 2
+        self.org.save(update_fields=["max_sessions", "max_sessions_per_user"])
+        manager = self.manager()
+        for user in ("u1", "u1", "u2"):
+            manager.create_session(user, "acme", actor="alice")
+        manager.create_session("u9", "globex", actor="alice")  # no limits in globex
+        with override_settings(SESSIONADMIN_MAX_CONCURRENT=10):
+            self.assertEqual(limit_usage(), {"global": 0.4, "org": 0.75, "user": 1.0})
+        with override_settings(SESSIONADMIN_MAX_CONCURRENT=0):
+            self.assertEqual(limit_usage()["global"], 0.0)
