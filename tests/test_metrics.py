@@ -24,7 +24,7 @@ from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
 from sessionadmin import lifecycle, mcp_services, metrics, tasks, tokens
-from sessionadmin.models import AgentSession, MaintenanceRun, McpClient, McpServer
+from sessionadmin.models import AgentSession, MaintenanceRun, McpClient, McpServer, ServiceHeartbeat
 from tests.base import BaseTestCase
 from tests.gateway import GatewayMixin, agent_client, run_async
 from tests.gateway import tearDownModule as stop_gateways
@@ -144,12 +144,14 @@ class MetricsScenarioTests(GatewayMixin, WorkerTestCase):
         # The third goes idle and the inactivity cleanup, run by the worker, ends it.
         AgentSession.objects.filter(pk=third.pk).update(last_active_at=timezone.now() - timedelta(hours=2))
         tasks.inactivity_cleanup.delay(idle_timeout_seconds=3600)
+        tasks.heartbeat.delay()  # what beat sends every 30 s: the worker records its heartbeat
         self.wait(
             lambda: (
                 AgentSession.objects.filter(status=AgentSession.Status.ENDED).count() == 3
                 and MaintenanceRun.objects.filter(task="inactivity_cleanup", outcome="ok").exists()
+                and ServiceHeartbeat.objects.filter(name="worker").exists()
             ),
-            what="three ended sessions and a settled cleanup",
+            what="three ended sessions, a settled cleanup and the worker's heartbeat",
         )
 
         web, web_labels = self.scrape_web()
