@@ -16,10 +16,10 @@ CELERY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 # Debian packages: bubblewrap for the stdio sandbox (run and tests), chromium for the browser
 # tests, wrk for `make bench`. Installed with apt-get only when missing.
 RUN_DEBS := bubblewrap
-DEBS := $(RUN_DEBS) chromium
+DEBS := $(RUN_DEBS) chromium npm
 BENCH_DEBS := wrk
 
-.PHONY: run setup install install-dev deps run-deps bench-deps services lock lint test test-sqlite test-postgres test-browser bench worker beat
+.PHONY: run setup install install-dev npm deps run-deps bench-deps services lock lint test test-sqlite test-postgres test-browser bench worker beat
 
 # --- virtualenv: the runtime lock for `make run`, the dev lock (runtime + tools) for the rest --
 
@@ -49,6 +49,15 @@ lock: install-dev
 
 deps:
 	@$(call apt_install,$(DEBS))
+	@$(MAKE) --no-print-directory npm
+
+# Test-only JavaScript (axe-core for the browser tests' accessibility checks), pinned by
+# package-lock.json; reinstalled only when the lock changes.
+npm: node_modules/.installed
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
 
 run-deps:
 	@$(call apt_install,$(RUN_DEBS))

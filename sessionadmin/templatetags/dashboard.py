@@ -101,7 +101,11 @@ def session_rows(sessions: Iterable[Any], can_operate: bool, detail_prefix: str)
     for s in sessions:
         check = ""
         if can_operate:
-            box = f'<input type="checkbox" name="ids" value="{s.id}" aria-label="select">' if s.status == "active" else ""
+            box = (
+                f'<input type="checkbox" name="ids" value="{s.id}" aria-label="select {s.short_id}">'
+                if s.status == "active"
+                else ""
+            )
             check = f"<td>{box}</td>"
         if s.pinned:
             cleanup = f'<span class="pin">pinned until {_time_html(s.pinned_until, now)}</span>'
@@ -112,7 +116,8 @@ def session_rows(sessions: Iterable[Any], can_operate: bool, detail_prefix: str)
         status = escape(s.status)
         rows.append(
             f'<tr>{check}<td><a href="{escape(detail_prefix)}{s.id}/">{s.short_id}</a></td>'
-            f"<td>{escape(s.user_id)}</td><td>{escape(s.org_id)}</td>"
+            f'<td class="clip" title="{escape(s.user_id)}">{escape(s.user_id)}</td>'
+            f'<td class="clip" title="{escape(s.org_id)}">{escape(s.org_id)}</td>'
             f'<td><span class="badge badge-{status}">{status}</span></td>'
             f"<td>{_time_html(s.created_at, now)}</td><td>{_time_html(s.last_active_at, now)}</td>"
             f"<td>{cleanup}</td><td>{int(s.mcp_count)}</td></tr>"
