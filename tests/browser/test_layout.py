@@ -76,7 +76,7 @@ def seed(workspace_root: Path, http_url: str) -> dict[str, Any]:
     # Idle for a day: the maintenance preview lists them with their reasons.
     AgentSession.objects.filter(user_id__startswith=LONG_USER[:-3]).update(last_active_at=timezone.now() - timedelta(days=1))
 
-    wide_cmd, wide_args = stdio_command()
+    wide_cmd = stdio_command()[0]
     wide = mcp_services.save_server(
         McpServer(
             name=LONG_SERVER,
