@@ -37,6 +37,21 @@
   document.addEventListener("DOMContentLoaded", function () { sizeMeters(document); });
   document.addEventListener("htmx:load", function (event) { sizeMeters(event.target); });
 
+  // Announce what a swap brought: notices and errors inside swapped content are read out
+  // through the page's permanent live region (polling that only refreshes facts stays quiet).
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var target = event.detail && event.detail.target;
+    var announcer = document.getElementById("announcer");
+    if (!target || !announcer || !target.querySelectorAll) { return; }
+    var root = target.isConnected ? target : document;
+    var notes = Array.prototype.slice.call(root.querySelectorAll(".notice, [role=alert]"));
+    var text = notes.map(function (each) { return each.textContent.trim(); }).filter(Boolean).join(" ");
+    if (text && event.detail.requestConfig && event.detail.requestConfig.verb !== "get") {
+      announcer.textContent = "";
+      window.setTimeout(function () { announcer.textContent = text; }, 50);
+    }
+  });
+
   // Polling swaps the rows; put the operator's ticks back on the new ones.
   document.addEventListener("htmx:afterSettle", function () {
     document.querySelectorAll("input[type=checkbox][name=ids]").forEach(function (each) {
