@@ -11,13 +11,16 @@ refresh wait at most the MCP timeout."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
+from django.core import signing
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
@@ -38,6 +41,10 @@ from sessionadmin.views import CHANGED_EVENT, _is_htmx, actor_of, can_operate, g
 PANEL = "sessionadmin/session_mcp.html"
 TOOL_PAGE = "sessionadmin/session_mcp_tool.html"
 FEED_LIMIT = 20
+# The operator's wait is measured from the POST that started a call to the poll that shows its
+# result; the start travels in the poll URL, signed so a page cannot make it up.
+STARTED_SALT = "sessionadmin.tool-call-started"
+STARTED_MAX_AGE = 24 * 3600
 # The panel shows this many tools, resources and prompts of each client; the rest are a link
 # away (session_mcp_listing), so a server listing thousands keeps the session page small.
 PANEL_ITEMS = 25
@@ -206,15 +213,18 @@ def session_mcp_tool(request: HttpRequest, session_id: uuid.UUID, client_id: str
         return _render_call(request, context)
     if not form.is_valid():
         return _render_call(request, context, status=200 if _is_htmx(request) else 400)
+    started = time.time()
     try:
         if not _is_htmx(request):
             # No script to poll with: wait for the result (bounded by the call timeout).
-            _show_result(context, {"status": "done", "result": _wait(session, client, tool, form.arguments(), request)})
+            result = _wait(session, client, tool, form.arguments(), request)
+            _show_result(context, {"status": "done", "result": result}, waited=time.time() - started)
         else:
             context["call_id"] = mcp_services.start_tool_call(
                 session.id, client.client_id, tool, form.arguments(), actor=actor_of(request)
             )
             context["running"] = True
+            context["poll_url"] = _poll_url(session, client, tool, context["call_id"], signing.dumps(started, salt=STARTED_SALT))
     except (SessionNotFound, MCPClientNotFound):
         raise Http404("No such MCP client.")
     except (McpOperationFailed, InvalidInput, SecretsError) as exc:
@@ -226,7 +236,23 @@ def _wait(session: AgentSession, client: McpClient, tool: str, arguments: dict[s
     return mcp_services.call_tool(session.id, client.client_id, tool, arguments, actor=actor_of(request))
 
 
-def _show_result(context: dict[str, Any], status: dict[str, Any]) -> None:
+def _poll_url(session: AgentSession, client: McpClient, tool: str, call_id: str, started_token: str) -> str:
+    url = reverse("session_mcp_call", args=[session.id, client.client_id, tool, call_id])
+    return f"{url}?{urlencode({'started': started_token})}" if started_token else url
+
+
+def _started_at(token: str) -> float | None:
+    """The start time carried by a poll URL, if its signature holds."""
+    try:
+        value = signing.loads(token, salt=STARTED_SALT, max_age=STARTED_MAX_AGE)
+    except signing.BadSignature:
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _show_result(context: dict[str, Any], status: dict[str, Any], *, waited: float | None = None) -> None:
+    if waited is not None:
+        context["waited_ms"] = round(max(0.0, waited) * 1000)
     if status["status"] == "failed":
         context["error"] = status.get("error", "")
         return
@@ -262,10 +288,13 @@ def session_mcp_call(request: HttpRequest, session_id: uuid.UUID, client_id: str
         context["error"] = str(exc)
         status = {"status": "failed", "error": str(exc)}
     template = f"{TOOL_PAGE}#call" if _is_htmx(request) else TOOL_PAGE
+    token = request.GET.get("started", "")
+    started = _started_at(token)
     if status["status"] == "running":
         context["call_id"], context["running"], context["elapsed"] = call_id, True, status.get("elapsed")
+        context["poll_url"] = _poll_url(session, client, tool, call_id, token if started is not None else "")
         return render(request, template, context)
-    _show_result(context, status)
+    _show_result(context, status, waited=None if started is None else time.time() - started)
     response = render(request, template, context)
     if not _is_htmx(request):
         return response

@@ -239,6 +239,8 @@ SESSIONADMIN_CSP: dict[str, list[str]] = {
     "script-src": ["'self'"],
     "style-src": ["'self'"],
     "img-src": ["'self'", "data:"],
+    # Audio in tool results plays from data: URLs (safe audio types only, mcp_client.INLINE_AUDIO_TYPES).
+    "media-src": ["'self'", "data:"],
     "font-src": ["'self'"],
     "connect-src": ["'self'"],
     "object-src": ["'none'"],

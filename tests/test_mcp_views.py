@@ -159,7 +159,7 @@ class ToolCallViewTests(McpViewsTestCase):
         """Post the form as htmx does, then poll the call until the page shows its result."""
         started = self.client.post(self.tool_url(tool), data, headers={"HX-Request": "true"})
         self.assertContains(started, "badge-running")
-        poll = re.search(r'hx-get="([^"]+/calls/[^"]+/)"', started.content.decode())
+        poll = re.search(r'hx-get="([^"]+/calls/[^"]+/[?]started=[^"]+)"', started.content.decode())
         assert poll is not None
         for _ in range(600):
             response = self.client.get(poll.group(1), headers={"HX-Request": "true"})
@@ -201,13 +201,32 @@ class ToolCallViewTests(McpViewsTestCase):
         answered = time.monotonic() - started
         self.assertContains(response, "the call runs in the gateway")
         self.assertLess(answered, 3)  # answered before the tool could have finished
-        poll = re.search(r'hx-get="([^"]+/calls/[^"]+/)"', response.content.decode())
+        poll = re.search(r'hx-get="([^"]+/calls/[^"]+/[?]started=[^"]+)"', response.content.decode())
         assert poll is not None
         # Only the operator who started the call may read it.
         self.login("root")
         self.assertEqual(self.client.get(poll.group(1)).status_code, 404)
         stopped = self.client.get(poll.group(1), headers={"HX-Request": "true"})
         self.assertContains(stopped, "no longer known to the gateway", status_code=286)  # the page stops polling
+
+    def test_it_shows_the_wait_measured_around_the_whole_call(self) -> None:
+        self.attach()
+        self.login("alice")
+        shown = self.call("sleep", {"arg_seconds": "0.3"})
+        waited = re.search(r'class="small waited">waited ([0-9.]+) (ms|s)<', shown)
+        assert waited is not None
+        self.assertIn("the tool took", shown)
+        # A start time the server did not sign is ignored: the gateway's own duration is shown.
+        started = self.client.post(self.tool_url("add"), {"arg_a": "1", "arg_b": "2"}, headers={"HX-Request": "true"})
+        url = re.search(r'hx-get="([^"]+/calls/[^"]+/)[?]', started.content.decode())
+        assert url is not None
+        for _ in range(600):
+            response = self.client.get(url.group(1) + "?started=1000", headers={"HX-Request": "true"})
+            if response.status_code == 286:
+                break
+            time.sleep(0.05)
+        self.assertNotContains(response, "waited", status_code=286)
+        self.assertContains(response, " ms</span>", status_code=286)
 
     def test_it_waits_for_the_result_without_htmx(self) -> None:
         self.attach()

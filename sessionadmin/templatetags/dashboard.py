@@ -82,6 +82,13 @@ def sort_link(current: str, key: str, label: str, query: str, descending_first: 
 
 
 @register.filter
+def ms(milliseconds: int | float | None) -> str:
+    """A wait as people read it: "850 ms", "1.5 s"."""
+    value = float(milliseconds or 0)
+    return f"{value:.0f} ms" if value < 1000 else f"{value / 1000:.1f} s"
+
+
+@register.filter
 def duration(seconds: int | None) -> str:
     if not seconds:
         return ""

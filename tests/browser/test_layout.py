@@ -201,5 +201,18 @@ def test_it_keeps_every_page_inside_the_viewport_with_hostile_data(
         settle(page, name)
         if overflow(page) > 0:
             problems[f"{name}@768"] = {"overflow": overflow(page), "wide": wide_elements(page)}
+    # The session with four clients and a rich result on the page (an image, audio, links,
+    # embedded resources), at 1,280 px.
+    page.set_viewport_size({"width": WIDTHS[0], "height": 900})
+    page.goto(f"{live_server.url}/sessions/{data['rich'].id}/")
+    settle(page, "session_detail")
+    page.locator("#mcp-client-calculator a[data-tool=rich]").click()
+    page.locator("#call-calculator").get_by_role("button", name="Call rich").click()
+    expect(page.locator("#call-calculator .tool-result .result-image img")).to_be_visible(timeout=30_000)
+    if overflow(page) > 0:
+        problems["rich_result@1280"] = {"overflow": overflow(page), "wide": wide_elements(page)}
+    if axe_violations(page):
+        problems["rich_result axe"] = axe_violations(page)
+    page.screenshot(path=str(artifacts_dir / "layout_session_four_clients_rich_result.png"), full_page=True)
     assert not problems, json.dumps(problems, indent=1)
     assert AuditEntry.objects.filter(event_type="mcp_tool_called").exists()
