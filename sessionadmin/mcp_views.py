@@ -41,6 +41,7 @@ from sessionadmin.views import CHANGED_EVENT, _is_htmx, actor_of, can_operate, g
 PANEL = "sessionadmin/session_mcp.html"
 TOOL_PAGE = "sessionadmin/session_mcp_tool.html"
 FEED_LIMIT = 20
+HISTORY_LIMIT = 50
 # The operator's wait is measured from the POST that started a call to the poll that shows its
 # result; the start travels in the poll URL, signed so a page cannot make it up.
 STARTED_SALT = "sessionadmin.tool-call-started"
@@ -94,9 +95,16 @@ def _panel(
             }
             for name, held in sorted((client.quarantined_tools or {}).items())
         ]
+    # Clients closed (detached, or at the session's end) stay as rows: the session's history.
+    history = list(
+        McpClient.objects.filter(session_id=session.id, status=McpClient.Status.CLOSED)
+        .only("client_id", "transport", "url", "server_name", "server_version", "created_at", "created_by", "closed_at")
+        .order_by("-closed_at", "-id")[:HISTORY_LIMIT]
+    )
     context = {
         "session": session,
         "clients": clients,
+        "history": history,
         "calls": mcp_services.recent_tool_calls(session.id, limit=FEED_LIMIT),
         "endpoint": mcp_services.endpoint_url(session),
         "form": form or AttachForm(allow_adhoc=allow_adhoc),

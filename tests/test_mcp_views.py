@@ -139,6 +139,14 @@ class ClientActionViewTests(McpViewsTestCase):
         self.assertContains(self.client.post(detach, headers={"HX-Request": "true"}), "No MCP client attached.")
         self.assertEqual(McpClient.objects.get().status, McpClient.Status.CLOSED)
         self.assertEqual(self.client.post(detach).status_code, 404)
+        # The closed client stays as history, also once the session has ended.
+        panel = reverse("session_mcp", args=[self.session.id])
+        self.assertContains(self.client.get(panel), "Detached clients")
+        self.manager().cleanup_session(self.session.id, actor="alice", reason="done")
+        ended = self.client.get(panel).content.decode()
+        self.assertIn("Clients that were attached", ended)
+        self.assertIn('<td class="mono">tools</td>', ended)
+        self.assertIn("No MCP client open: the session has ended.", ended)
 
     def test_actions_are_post_only_and_for_operators(self) -> None:
         self.attach()

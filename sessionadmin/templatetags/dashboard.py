@@ -114,7 +114,7 @@ def session_rows(sessions: Iterable[Any], can_operate: bool, detail_prefix: str)
                 else ""
             )
             check = f"<td>{box}</td>"
-        if s.pinned:
+        if s.pinned and s.status == "active":
             cleanup = f'<span class="pin">pinned until {_time_html(s.pinned_until, now)}</span>'
         elif s.deadline:
             cleanup = _time_html(s.deadline, now)
@@ -130,3 +130,34 @@ def session_rows(sessions: Iterable[Any], can_operate: bool, detail_prefix: str)
             f"<td>{cleanup}</td><td>{int(s.mcp_count)}</td></tr>"
         )
     return mark_safe("\n".join(rows))  # noqa: S308
+
+
+# The details of an audit entry worth a line on the session page, in reading order: what it was
+# about (tool, client, server), how it went, and why. Everything else stays in the admin.
+AUDIT_FACTS = (
+    ("tool", "tool"),
+    ("client_id", "client"),
+    ("server", "server"),
+    ("outcome", "outcome"),
+    ("duration_ms", "took (ms)"),
+    ("kind", "error kind"),
+    ("limit", "limit hit"),
+    ("current", "current"),
+    ("maximum", "maximum"),
+    ("until", "until"),
+    ("status", "status"),
+)
+
+
+@register.simple_tag
+def audit_facts(details: Any) -> list[tuple[str, str]]:
+    """(label, value) pairs of an entry's key details; values are plain text (the template
+    escapes them), cut to a readable length."""
+    if not isinstance(details, dict):
+        return []
+    facts = []
+    for key, label in AUDIT_FACTS:
+        value = details.get(key)
+        if value not in (None, "", [], {}):
+            facts.append((label, str(value)[:300]))
+    return facts
