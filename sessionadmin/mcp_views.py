@@ -394,6 +394,17 @@ def mcp_server_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse
     server = get_object_or_404(McpServer, pk=pk) if pk is not None else McpServer()
     headers, env = mcp_services.stored_secrets(server if pk is not None else None)
     form = McpServerForm(request.POST or None, instance=server, stored_headers=headers, stored_env=env)
+    transport = form.transport_shown(request.GET.get("transport", "") if request.method == "GET" else "")
+    if not form.is_bound:
+        form.initial["transport"] = transport
+    form.fields["transport"].widget.attrs.update(
+        {"hx-get": request.path, "hx-trigger": "change", "hx-target": "#transport-fields", "hx-swap": "outerHTML"}
+    )
+    context = {"form": form, "server": server, "stdio_sandbox": settings.SESSIONADMIN_STDIO_SANDBOX, "transport": transport}
+    context["transport_fields"] = form.fields_for(transport)
+    if request.method == "GET" and _is_htmx(request):
+        # The transport select changed: only that transport's fields, from the same template.
+        return render(request, "sessionadmin/mcp_server_edit.html#transport-fields", context)
     if request.method == "POST" and form.is_valid():
         new_headers, new_env = form.secrets_to_store()
         mcp_services.save_server(form.save(commit=False), actor=actor_of(request), headers=new_headers, env=new_env)
@@ -401,12 +412,7 @@ def mcp_server_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse
         if server.secrets_cleared:
             messages.warning(request, cleared_secrets_notice(server))
         return redirect("mcp_server_list")
-    return render(
-        request,
-        "sessionadmin/mcp_server_edit.html",
-        {"form": form, "server": server, "stdio_sandbox": settings.SESSIONADMIN_STDIO_SANDBOX},
-        status=400 if request.method == "POST" else 200,
-    )
+    return render(request, "sessionadmin/mcp_server_edit.html", context, status=400 if request.method == "POST" else 200)
 
 
 @require_POST
