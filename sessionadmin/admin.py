@@ -19,7 +19,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from sessionadmin import lifecycle, services, tokens
+from sessionadmin import lifecycle, prompts, services, tokens
 from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceRun, Org, PromptLayer
 from sessionadmin.redaction import Redactor, redact_shown_entries
 from sessionadmin.roles import MANAGE_CATALOG_PERMISSION, OPERATE_PERMISSION
@@ -112,6 +112,12 @@ class PromptLayerAdmin(NulSafeForeignKeys, admin.ModelAdmin):
     search_fields = ["name", "user_id", "org__id"]
     readonly_fields = ["version", "updated_at"]
     autocomplete_fields = ["org"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if "body" in form.base_fields:
+            form.base_fields["body"].help_text = prompts.SYNTAX_HINT
+        return form
 
     def save_model(self, request: HttpRequest, obj: PromptLayer, form: Any, change: bool) -> None:
         services.save_prompt_layer(layer=obj, actor=request.user.get_username())

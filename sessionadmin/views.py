@@ -31,7 +31,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
-from sessionadmin import lifecycle, services
+from sessionadmin import lifecycle, prompts, services
 from sessionadmin.forms import (
     SORTS,
     STATUS_FILTERS,
@@ -364,7 +364,23 @@ def session_create(request: HttpRequest) -> HttpResponse:
 # --- detail ------------------------------------------------------------------------------------
 
 
-def _detail_context(request: HttpRequest, session: AgentSession, **forms: Any) -> dict[str, Any]:
+def _prompt_preview(session: AgentSession) -> dict[str, Any]:
+    """The prompt the current layers compose for this session's user, org and variables now
+    (the stored one was composed at creation, and layers may have changed since)."""
+    org = Org.objects.filter(pk=session.org_id).first()
+    if org is None:
+        return {"error": "The session's org no longer exists."}
+    variables = {str(k): str(v) for k, v in (session.variables or {}).items()}
+    composed = prompts.DefaultPromptComposer().compose(user_id=session.user_id, org=org, variables=variables)
+    return {
+        "text": composed.text,
+        "unfilled": prompts.unfilled(composed.text),
+        "single_braces": prompts.single_braces(composed.text),
+        "differs": composed.text != session.system_prompt,
+    }
+
+
+def _detail_context(request: HttpRequest, session: AgentSession, *, preview: bool = False, **forms: Any) -> dict[str, Any]:
     event = request.GET.get("event", "")
     event = event if EVENT_FILTER_RE.fullmatch(event) else ""
     trail = AuditEntry.objects.for_session(session.id)
@@ -395,6 +411,9 @@ def _detail_context(request: HttpRequest, session: AgentSession, **forms: Any) -
         "entries": entries[:AUDIT_TIMELINE_LIMIT],
         "more_entries": len(entries) > AUDIT_TIMELINE_LIMIT,
         "event": event,
+        "preview": _prompt_preview(session) if preview else None,
+        "variables": sorted((session.variables or {}).items()),
+        "syntax_hint": prompts.SYNTAX_HINT,
         "event_choices": TIMELINE_EVENTS,
         "provenance": provenance,
         "can_operate": can_operate(request),
@@ -410,6 +429,8 @@ def session_detail(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
     session = get_session_for(request, session_id, act=False)
     template = "sessionadmin/session_detail.html"
     target = _htmx_target(request)
+    if target == "prompt-preview" or request.GET.get("preview"):
+        return render(request, template + ("#prompt-preview" if target else ""), _detail_context(request, session, preview=True))
     if target in ("detail-live", "detail-timeline"):
         template += "#live" if target == "detail-live" else "#timeline"
     return render(request, template, _detail_context(request, session))

@@ -12,7 +12,7 @@ from django.test import override_settings
 from django.urls import reverse
 
 from sessionadmin import lifecycle, workspaces
-from sessionadmin.models import AgentSession, AuditEntry, PromptLayer
+from sessionadmin.models import AgentSession, AuditEntry, Org, PromptLayer
 from tests.base import BaseTestCase
 from tests.celery_worker import QueueProbe
 
@@ -121,6 +121,27 @@ class SessionDetailTestCase(BaseTestCase):
         self.assertNotContains(r, "<dt>Pinned</dt>")
         listing = self.client.get(reverse("session_list"), {"status": "all"})
         self.assertNotContains(listing, "pinned until")
+
+    def test_it_shows_the_variables_and_previews_the_composed_prompt(self) -> None:
+        org = Org.objects.get(pk="acme")
+        org.prompt = "Org {{ org_name }} for {{ ticket }}; not {org_id}."
+        org.save()
+        session = self.manager().create_session("u-2", "acme", actor="alice", variables={"org_name": "<Acme>"})
+        url = reverse("session_detail", args=[session.id])
+        self.client.force_login(self.bob)
+        page = self.client.get(url)
+        self.assertContains(page, '<dt class="mono">org_name</dt><dd class="mono">&lt;Acme&gt;</dd>', html=False)
+        self.assertContains(page, "{{ name }} is replaced by the session&#x27;s variable")
+        self.assertNotContains(page, "Preview: composed now")
+        PromptLayer.objects.filter(pk=self.layer.pk).update(body="Be very kind.")
+        preview = self.client.get(url, {"preview": "1"}, headers={"HX-Request": "true", "HX-Target": "prompt-preview"})
+        body = preview.content.decode()
+        self.assertTrue(body.lstrip().startswith('<div id="prompt-preview"'))
+        self.assertIn("Be very kind.", body)
+        self.assertIn("Org &lt;Acme&gt; for {{ ticket }}; not {org_id}.", body)
+        self.assertIn("No variable for: <code>ticket</code>", body)
+        self.assertIn("Single braces are plain text: <code>org_id</code>", body)
+        self.assertIn("differs</span>", body)
 
     def test_it_allows_only_get(self) -> None:
         self.client.force_login(self.alice)
