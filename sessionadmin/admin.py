@@ -3,7 +3,6 @@ Session status never changes by editing a row: only through the manager."""
 
 import csv
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +19,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from sessionadmin import lifecycle, prompts, services, tokens
-from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceRun, Org, PromptLayer
+from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceRun, Org, PromptLayer, uuid_prefix_range
 from sessionadmin.redaction import Redactor, redact_shown_entries
 from sessionadmin.roles import MANAGE_CATALOG_PERMISSION, OPERATE_PERMISSION
 
@@ -226,7 +225,7 @@ class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
     list_filter = [EventTypeFilter, AuditOrgFilter, ActorFilter]
     date_hierarchy = "at"
     search_fields = ["user_id"]
-    search_help_text = "A session id, a user id or an actor (exact)."
+    search_help_text = "A session id or its first 4+ hex digits (the short id), a user id or an actor (exact)."
     show_full_result_count = False
     list_per_page = 100
     actions = ["export_selected_csv"]
@@ -256,15 +255,17 @@ class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
         return entry
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> tuple[QuerySet[Any], bool]:
-        # Exact matches only, each served by an index (audit_session_at_idx, audit_user_at_idx,
+        # Exact matches, or a session id's leading hex digits (the dashboard's 8-character short
+        # id) as a range: each served by an index (audit_session_at_idx, audit_user_at_idx,
         # audit_actor_at_idx), instead of the default icontains scan of the whole table.
         term = search_term.strip()
         if not term:
             return queryset, False
-        try:
-            return queryset.filter(session_id=uuid.UUID(term)), False
-        except ValueError:
-            return queryset.filter(Q(user_id=term) | Q(actor=term)), False
+        condition = Q(user_id=term) | Q(actor=term)
+        bounds = uuid_prefix_range(term)
+        if bounds is not None:
+            condition |= Q(session_id__gte=bounds[0], session_id__lte=bounds[1])
+        return queryset.filter(condition), False
 
     def get_urls(self) -> list[URLPattern]:
         export = path("export/", self.admin_site.admin_view(self.export_view), name="sessionadmin_auditentry_export")

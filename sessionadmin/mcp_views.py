@@ -118,10 +118,19 @@ def _panel(
     return render(request, template, context, status=status)
 
 
-def _after(request: HttpRequest, session: AgentSession, *, notice: str = "", error: str = "", status: int = 200) -> HttpResponse:
+def _after(
+    request: HttpRequest,
+    session: AgentSession,
+    *,
+    notice: str = "",
+    error: str = "",
+    status: int = 200,
+    form: AttachForm | None = None,
+) -> HttpResponse:
     if _is_htmx(request):
         # The session page refreshes its live parts (timeline, facts) on this event.
-        return trigger_client_event(_panel(request, session, notice=notice, error=error, status=status), CHANGED_EVENT)
+        panel = _panel(request, session, form=form, notice=notice, error=error, status=status)
+        return trigger_client_event(panel, CHANGED_EVENT)
     if notice:
         messages.success(request, notice)
     if error:
@@ -155,7 +164,8 @@ def session_mcp_attach(request: HttpRequest, session_id: uuid.UUID) -> HttpRespo
     except SessionNotFound:
         raise Http404("No such active session.")
     except (McpOperationFailed, InvalidInput, SecretsError) as exc:
-        return _after(request, session, error=f"Attach failed: {exc}")
+        # The operator's choice stays in the form, to retry or correct it.
+        return _after(request, session, error=f"Attach failed: {exc}", form=form)
     return _after(request, session, notice=f"Attached {client.client_id}: {client.server_name} {client.server_version}".strip())
 
 

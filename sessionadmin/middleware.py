@@ -27,3 +27,17 @@ class RejectNulMiddleware:
                 return JsonResponse({"error": {"code": "invalid_request", "message": NUL_MESSAGE}}, status=400)
             return HttpResponseBadRequest(f"Bad request: {NUL_MESSAGE}.", content_type="text/plain; charset=utf-8")
         return self.get_response(request)
+
+
+class NoContentTypeOn204Middleware:
+    """A 204 has no body, so no Content-Type: Django (and django-ninja through it) would send its
+    default ``text/html``, which tells a client there is HTML to read."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code == 204 and response.has_header("Content-Type"):
+            del response["Content-Type"]
+        return response

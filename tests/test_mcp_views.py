@@ -104,6 +104,8 @@ class AttachViewTests(McpViewsTestCase):
         response = self.client.post(self.attach_url, {"server": self.server.pk}, headers={"HX-Request": "true"})
         self.assertContains(response, "Attach failed: auth:")
         self.assertFalse(McpClient.objects.exists())
+        # The chosen server stays selected for a retry.
+        self.assertContains(response, f'<option value="{self.server.pk}" selected>')
 
     def test_it_offers_an_adhoc_url_only_with_the_permission(self) -> None:
         self.login("alice")

@@ -5,6 +5,15 @@
 
   document.addEventListener("submit", function (event) {
     var form = event.target;
+    // A bulk action with nothing ticked: say so instead of asking to confirm nothing.
+    var needs = form.getAttribute && form.getAttribute("data-needs-selection");
+    if (needs && !form.querySelector("input[name='" + needs + "']:checked")) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+      var note = document.getElementById("bulk-note");
+      if (note) { note.hidden = false; note.textContent = "No session selected: tick the sessions to kill first."; }
+      return;
+    }
     var message = form.getAttribute && form.getAttribute("data-confirm");
     if (message && !window.confirm(message)) {
       event.preventDefault();
