@@ -98,6 +98,15 @@ def duration(seconds: int | None) -> str:
     return f"{seconds} s"
 
 
+# Ids longer than this may be cut by their column (the table's cells end in an ellipsis): they
+# carry their full value in a title. Shorter ones fit, and the polled partial stays small.
+CUT_AT = 20
+
+
+def _title(value: str) -> str:
+    return f' title="{escape(value)}"' if len(value) > CUT_AT else ""
+
+
 @register.simple_tag
 def session_rows(sessions: Iterable[Any], can_operate: bool, detail_prefix: str) -> str:
     """The ``<tr>`` rows of the session list. Built in Python rather than with a template loop:
@@ -123,8 +132,7 @@ def session_rows(sessions: Iterable[Any], can_operate: bool, detail_prefix: str)
         status = escape(s.status)
         rows.append(
             f'<tr>{check}<td><a href="{escape(detail_prefix)}{s.id}/">{s.short_id}</a></td>'
-            f'<td class="clip" title="{escape(s.user_id)}">{escape(s.user_id)}</td>'
-            f'<td class="clip" title="{escape(s.org_id)}">{escape(s.org_id)}</td>'
+            f"<td{_title(s.user_id)}>{escape(s.user_id)}</td><td{_title(s.org_id)}>{escape(s.org_id)}</td>"
             f'<td><span class="badge badge-{status}">{status}</span></td>'
             f"<td>{_time_html(s.created_at, now)}</td><td>{_time_html(s.last_active_at, now)}</td>"
             f"<td>{cleanup}</td><td>{int(s.mcp_count)}</td></tr>"
