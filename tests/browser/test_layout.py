@@ -186,6 +186,12 @@ def test_it_keeps_every_page_inside_the_viewport_with_hostile_data(
             settle(page, name)
             if overflow(page) > 0:
                 problems[f"{name}@{width}"] = {"overflow": overflow(page), "wide": wide_elements(page)}
+            # A checkbox and its label on one line (a label squeezed to one letter a line once).
+            tall = page.evaluate(
+                "() => Array.from(document.querySelectorAll('label.check')).filter(l => l.offsetHeight > 48).length"
+            )
+            if tall:
+                problems[f"{name}@{width} checkbox labels"] = tall
             if scrolled_boxes(page):
                 problems[f"{name}@{width} scrolled"] = scrolled_boxes(page)
             if width == WIDTHS[0] and name in SCREENSHOTS:
