@@ -17,10 +17,10 @@ CELERY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 # tests, wrk for `make bench`. Installed with apt-get only when missing.
 RUN_DEBS := bubblewrap
 # prometheus: `promtool check rules` over deploy/prometheus/alerts.yml (tests/test_deploy_rules.py).
-DEBS := $(RUN_DEBS) chromium prometheus
+DEBS := $(RUN_DEBS) chromium prometheus npm
 BENCH_DEBS := wrk
 
-.PHONY: run setup install install-dev deps run-deps bench-deps services lock lint test test-sqlite test-postgres test-browser bench worker beat
+.PHONY: run setup install install-dev npm deps run-deps bench-deps services lock lint test test-sqlite test-postgres test-browser bench worker beat
 
 # --- virtualenv: the runtime lock for `make run`, the dev lock (runtime + tools) for the rest --
 
@@ -50,6 +50,15 @@ lock: install-dev
 
 deps:
 	@$(call apt_install,$(DEBS))
+	@$(MAKE) --no-print-directory npm
+
+# Test-only JavaScript (axe-core for the browser tests' accessibility checks), pinned by
+# package-lock.json; reinstalled only when the lock changes.
+npm: node_modules/.installed
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund
+	touch $@
 
 run-deps:
 	@$(call apt_install,$(RUN_DEBS))

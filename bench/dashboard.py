@@ -30,7 +30,8 @@ from django.core.management.base import CommandError
 
 from bench import REPO, command
 
-BENCH_DB = "sessionadmin_bench"
+# Overridable so that several runs on one PostgreSQL server do not drop each other's database.
+BENCH_DB = os.environ.get("SESSIONADMIN_BENCH_DB", "sessionadmin_bench")
 N_ORGS = 500
 N_USERS = 20_000
 TARGET_MEDIAN_MS = 30
@@ -221,6 +222,7 @@ def seed(out: Any, *, sessions: int, active: int, audit_entries: int) -> None:
                     pinned,
                     "demo" if pinned else "",
                     "bench" if pinned else "",
+                    "",
                 ]
 
         columns = [
@@ -243,6 +245,7 @@ def seed(out: Any, *, sessions: int, active: int, audit_entries: int) -> None:
             "pinned_until",
             "pin_reason",
             "pinned_by",
+            "gateway",
         ]
         n_sessions = _copy(AgentSession._meta.db_table, columns, session_rows())
 
@@ -266,6 +269,10 @@ def seed(out: Any, *, sessions: int, active: int, audit_entries: int) -> None:
                         "",
                         NOW,
                         "bench",
+                        "{}",
+                        0,
+                        "{}",
+                        "{}",
                     ]
 
         client_columns = [
@@ -285,6 +292,10 @@ def seed(out: Any, *, sessions: int, active: int, audit_entries: int) -> None:
             "last_error",
             "created_at",
             "created_by",
+            "listing_omitted",
+            "reconnects",
+            "pinned_tools",
+            "quarantined_tools",
         ]
         n_clients = _copy(McpClient._meta.db_table, client_columns, client_rows())
 

@@ -3,13 +3,14 @@ Session status never changes by editing a row: only through the manager."""
 
 import csv
 import time
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.widgets import AdminSplitDateTime
+from django.db import models
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.template import engines
@@ -17,8 +18,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from sessionadmin import lifecycle, services, tokens
-from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceRun, Org, PromptLayer
+from sessionadmin import lifecycle, prompts, services, tokens
+from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceRun, Org, PromptLayer, uuid_prefix_range
 from sessionadmin.redaction import Redactor, redact_shown_entries
 from sessionadmin.roles import MANAGE_CATALOG_PERMISSION, OPERATE_PERMISSION
 
@@ -110,6 +111,12 @@ class PromptLayerAdmin(NulSafeForeignKeys, admin.ModelAdmin):
     search_fields = ["name", "user_id", "org__id"]
     readonly_fields = ["version", "updated_at"]
     autocomplete_fields = ["org"]
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        form = super().get_form(request, obj, change=change, **kwargs)
+        if "body" in form.base_fields:
+            form.base_fields["body"].help_text = prompts.SYNTAX_HINT
+        return form
 
     def save_model(self, request: HttpRequest, obj: PromptLayer, form: Any, change: bool) -> None:
         services.save_prompt_layer(layer=obj, actor=request.user.get_username())
@@ -218,7 +225,7 @@ class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
     list_filter = [EventTypeFilter, AuditOrgFilter, ActorFilter]
     date_hierarchy = "at"
     search_fields = ["user_id"]
-    search_help_text = "A session id, a user id or an actor (exact)."
+    search_help_text = "A session id or its first 4+ hex digits (the short id), a user id or an actor (exact)."
     show_full_result_count = False
     list_per_page = 100
     actions = ["export_selected_csv"]
@@ -248,15 +255,17 @@ class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
         return entry
 
     def get_search_results(self, request: HttpRequest, queryset: QuerySet[Any], search_term: str) -> tuple[QuerySet[Any], bool]:
-        # Exact matches only, each served by an index (audit_session_at_idx, audit_user_at_idx,
+        # Exact matches, or a session id's leading hex digits (the dashboard's 8-character short
+        # id) as a range: each served by an index (audit_session_at_idx, audit_user_at_idx,
         # audit_actor_at_idx), instead of the default icontains scan of the whole table.
         term = search_term.strip()
         if not term:
             return queryset, False
-        try:
-            return queryset.filter(session_id=uuid.UUID(term)), False
-        except ValueError:
-            return queryset.filter(Q(user_id=term) | Q(actor=term)), False
+        condition = Q(user_id=term) | Q(actor=term)
+        bounds = uuid_prefix_range(term)
+        if bounds is not None:
+            condition |= Q(session_id__gte=bounds[0], session_id__lte=bounds[1])
+        return queryset.filter(condition), False
 
     def get_urls(self) -> list[URLPattern]:
         export = path("export/", self.admin_site.admin_view(self.export_view), name="sessionadmin_auditentry_export")
@@ -408,6 +417,19 @@ class MaintenanceRunAdmin(SafeDateHierarchy, ReadOnlyAdmin):
 # --- API tokens -----------------------------------------------------------------------------
 
 
+class LabelledSplitDateTime(AdminSplitDateTime):
+    """The admin's date + time inputs, each with an accessible name: its "Date:" and "Time:"
+    captions are plain text, not labels, which screen readers (and axe-core) do not tie to
+    the inputs."""
+
+    def get_context(self, name: str, value: Any, attrs: dict[str, Any] | None) -> dict[str, Any]:
+        context = super().get_context(name, value, attrs)
+        label = str(name).replace("_", " ")
+        for part, sub in zip(("date", "time"), context["widget"]["subwidgets"], strict=False):
+            sub["attrs"]["aria-label"] = f"{label} ({part})"
+        return context
+
+
 class ApiTokenForm(forms.ModelForm):
     class Meta:
         model = ApiToken
@@ -434,6 +456,7 @@ class ApiTokenAdmin(NulSafeForeignKeys, admin.ModelAdmin):
     page after "Save") and revoked, never edited or deleted; the hash is never displayed."""
 
     form = ApiTokenForm
+    formfield_overrides = {models.DateTimeField: {"widget": LabelledSplitDateTime}}
     list_display = ["name", "prefix", "org", "can_read_metrics", "expires_at", "revoked_at", "last_used_at", "created_by"]
     list_filter = ["org"]
     search_fields = ["name", "prefix"]

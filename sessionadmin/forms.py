@@ -13,6 +13,7 @@ from django import forms
 from django.core.validators import MaxLengthValidator, MaxValueValidator, MinValueValidator
 from django.utils import timezone
 
+from sessionadmin import prompts
 from sessionadmin.models import AgentSession, Org
 from sessionadmin.validation import MAX_ID_LENGTH
 
@@ -249,6 +250,7 @@ class OrgForm(DashboardModelForm):
         if editing:
             del self.fields["id"]
         self.fields["prompt"].strip = False  # type: ignore[attr-defined]
+        self.fields["prompt"].help_text = prompts.SYNTAX_HINT
         model_bounds(self, Org)
 
     def limits(self) -> dict[str, int | None]:

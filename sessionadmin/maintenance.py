@@ -111,8 +111,21 @@ def finish_run(
     return run
 
 
-def recent_runs(limit: int = 30) -> list[MaintenanceRun]:
-    return list(MaintenanceRun.objects.defer("session_ids", "report").order_by("-started_at", "-id")[:limit])
+ROUTINE = "routine"  # recent_runs(show=ROUTINE): every run, the per-minute health passes too
+
+
+def recent_runs(limit: int = 30, *, show: str = "") -> list[MaintenanceRun]:
+    """The latest runs. By default without the MCP health passes that went fine (beat runs one a
+    minute: they would push everything else off the page); ``show`` = a task name gives only
+    that task's runs, ``ROUTINE`` every run."""
+    runs = MaintenanceRun.objects.defer("session_ids", "report").order_by("-started_at", "-id")
+    if show == ROUTINE:
+        pass
+    elif show:
+        runs = runs.filter(task=show)
+    else:
+        runs = runs.exclude(task=MCP_HEALTH, outcome=MaintenanceRun.Outcome.OK)
+    return list(runs[:limit])
 
 
 # --- inactivity cleanup -----------------------------------------------------------------------

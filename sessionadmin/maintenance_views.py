@@ -26,7 +26,9 @@ TASK_LABELS = {
 @require_GET
 @viewer_required
 def maintenance_page(request: HttpRequest) -> HttpResponse:
-    runs = maintenance.recent_runs()
+    show = request.GET.get("runs", "")
+    show = show if show in TASK_LABELS or show == maintenance.ROUTINE else ""
+    runs = maintenance.recent_runs(show=show)
     for run in runs:
         run.badge = OUTCOME_BADGES.get(run.outcome, "ended")  # type: ignore[attr-defined]
         run.label = TASK_LABELS.get(run.task, run.task)  # type: ignore[attr-defined]
@@ -38,6 +40,12 @@ def maintenance_page(request: HttpRequest) -> HttpResponse:
         "threshold_seconds": int(preview.threshold.total_seconds()),
         "liveness": maintenance.liveness(),
         "runnable": [(name, TASK_LABELS[name]) for name in maintenance.RUNNABLE_NOW],
+        "show": show,
+        "run_filters": [
+            ("", "All but routine health checks"),
+            (maintenance.ROUTINE, "All, with routine health checks"),
+            *TASK_LABELS.items(),
+        ],
         "can_operate": can_operate(request),
         "stdio_sandbox": settings.SESSIONADMIN_STDIO_SANDBOX,
     }

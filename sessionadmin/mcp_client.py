@@ -1085,6 +1085,88 @@ async def _all_pages(fetch: Callable[..., Awaitable[Any]], attribute: str) -> li
     return items
 
 
+# What a result may show inline. Only raster images (an SVG can carry script) and common audio
+# formats become data: URLs, and only up to this size (decoded); anything else is described.
+INLINE_IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+INLINE_AUDIO_TYPES = frozenset({"audio/wav", "audio/x-wav", "audio/mpeg", "audio/ogg", "audio/webm", "audio/mp4", "audio/flac"})
+MAX_INLINE_BYTES = 512 * 1024
+MAX_SHOWN_TEXT = 100_000
+LINK_SCHEMES = ("http", "https")
+
+
+def _decoded_size(data: object) -> int | None:
+    """The size of valid base64 ``data`` once decoded, or None if it is not base64."""
+    import base64
+    import binascii
+
+    if not isinstance(data, str):
+        return None
+    try:
+        return len(base64.b64decode(data, validate=True))
+    except (binascii.Error, ValueError):
+        return None
+
+
+def _inline(data: object, mime: str, allowed: frozenset[str]) -> dict[str, Any]:
+    """``data_url`` when the media may be shown inline, else ``refused`` saying why."""
+    size = _decoded_size(data)
+    if size is None:
+        return {"bytes": 0, "data_url": "", "refused": "not valid base64"}
+    if mime not in allowed:
+        return {"bytes": size, "data_url": "", "refused": f"{mime or 'no type'} is not shown inline"}
+    if size > MAX_INLINE_BYTES:
+        return {"bytes": size, "data_url": "", "refused": f"larger than {MAX_INLINE_BYTES // 1024} KiB"}
+    return {"bytes": size, "data_url": f"data:{mime};base64,{data}", "refused": ""}
+
+
+def _annotations(block: Any) -> dict[str, Any]:
+    notes = getattr(block, "annotations", None)
+    if notes is None:
+        return {}
+    out = {"audience": [str(a) for a in (notes.audience or [])], "priority": notes.priority}
+    out["last_modified"] = str(getattr(notes, "last_modified", "") or "")
+    return {k: v for k, v in out.items() if v not in (None, "", [])}
+
+
+def _link(uri: str) -> str:
+    """``uri`` as an href if it is a plain web link; "" for any other scheme (javascript:, data:,
+    file:, custom), which is then shown as text only."""
+    return uri if urlsplit(uri).scheme.lower() in LINK_SCHEMES else ""
+
+
+def content_block(block: Any) -> dict[str, Any]:
+    """A non-text content block as the dashboard shows it: plain, JSON-serializable values;
+    media as data: URLs only when ``_inline`` allows it."""
+    kind = str(getattr(block, "type", "") or "unknown")
+    mime = str(getattr(block, "mime_type", "") or "").lower().split(";")[0].strip()
+    out: dict[str, Any] = {"type": kind, "mime_type": mime, "annotations": _annotations(block)}
+    if kind == "image":
+        out.update(_inline(getattr(block, "data", None), mime, INLINE_IMAGE_TYPES))
+    elif kind == "audio":
+        out.update(_inline(getattr(block, "data", None), mime, INLINE_AUDIO_TYPES))
+    elif kind == "resource_link":
+        uri = str(getattr(block, "uri", "") or "")
+        out.update(
+            uri=uri,
+            href=_link(uri),
+            name=str(getattr(block, "name", "") or ""),
+            title=str(getattr(block, "title", "") or ""),
+            description=str(getattr(block, "description", "") or ""),
+        )
+    elif kind == "resource":
+        resource = getattr(block, "resource", None)
+        uri = str(getattr(resource, "uri", "") or "")
+        out.update(uri=uri, mime_type=str(getattr(resource, "mime_type", "") or "").lower())
+        text = getattr(resource, "text", None)
+        if isinstance(text, str):
+            out["text"] = text[:MAX_SHOWN_TEXT]
+        else:
+            # Offered as a download only, typed application/octet-stream whatever it claims.
+            shown = _inline(getattr(resource, "blob", None), "application/octet-stream", frozenset({"application/octet-stream"}))
+            out.update(shown, filename=(uri.rstrip("/").rsplit("/", 1)[-1] or "resource")[:100])
+    return out
+
+
 def tool_result(result: Any, duration: float) -> ToolResult:
     text: list[str] = []
     other: list[dict[str, Any]] = []
@@ -1092,7 +1174,7 @@ def tool_result(result: Any, duration: float) -> ToolResult:
         if getattr(block, "type", "") == "text":
             text.append(block.text)
         else:
-            other.append({"type": getattr(block, "type", "unknown")})
+            other.append(content_block(block))
     return ToolResult(
         text=text,
         structured=getattr(result, "structured_content", None),

@@ -115,6 +115,27 @@ class McpServerForm(forms.ModelForm):
         labels = {"network": "Network"}
         help_texts = {"network": "stdio: let the sandboxed server use the network (off: it has none)."}
 
+    # Which fields belong to which transport: the dashboard's form shows only those of the
+    # chosen one (the others are left empty, as they mean nothing for it).
+    COMMON_FIELDS = ("name", "description", "transport", "enabled")
+    HTTP_FIELDS = ("url", "headers_text", "clear_headers")
+    STDIO_FIELDS = ("command", "args_text", "read_only_paths_text", "env_text", "clear_env", "network")
+
+    def transport_shown(self, requested: str = "") -> str:
+        """The transport whose fields the page shows: the one asked for (the select changed),
+        else the posted or stored one, else Streamable HTTP."""
+        choices = McpServer.Transport.values
+        current = requested or str(self["transport"].value() or "")
+        return current if current in choices else McpServer.Transport.STREAMABLE_HTTP
+
+    def fields_for(self, transport: str) -> list[Any]:
+        """The bound fields of ``transport``, in form order (common fields excluded)."""
+        names = self.STDIO_FIELDS if transport == McpServer.Transport.STDIO else self.HTTP_FIELDS
+        return [self[name] for name in self.fields if name in names]
+
+    def common_fields(self) -> list[Any]:
+        return [self[name] for name in self.fields if name in self.COMMON_FIELDS]
+
     def __init__(
         self, *args: Any, stored_headers: dict[str, str] | None = None, stored_env: dict[str, str] | None = None, **kwargs: Any
     ) -> None:
@@ -184,6 +205,51 @@ def _resolve(schema: dict[str, Any], prop: dict[str, Any]) -> dict[str, Any]:
     return prop
 
 
+SCALAR_TYPES = ("string", "integer", "number", "boolean")
+MAX_SUB_FIELDS = 20
+
+
+def _unwrap_nullable(schema: dict[str, Any], prop: dict[str, Any]) -> dict[str, Any]:
+    """``anyOf: [X, {"type": "null"}]`` (an optional value, as pydantic writes it) or
+    ``type: [X, "null"]`` is X for a form: an empty field already means "not given"."""
+    prop = _resolve(schema, prop)
+    for key in ("anyOf", "oneOf"):
+        options = prop.get(key)
+        if isinstance(options, list) and len(options) == 2:
+            rest = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
+            if len(rest) == 1 and isinstance(rest[0], dict):
+                outer = {k: v for k, v in prop.items() if k != key}
+                return {**_resolve(schema, rest[0]), **outer}
+    kind = prop.get("type")
+    if isinstance(kind, list) and len(kind) == 2 and "null" in kind:
+        return {**prop, "type": next(k for k in kind if k != "null")}
+    return prop
+
+
+def _is_scalar(prop: dict[str, Any]) -> bool:
+    enum = prop.get("enum")
+    return prop.get("type") in SCALAR_TYPES or (isinstance(enum, list) and bool(enum))
+
+
+def _simple_object(schema: dict[str, Any], prop: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+    """The properties of an object whose every property is a plain value (a few of them), else
+    None: such an object gets one field per property; anything deeper stays JSON."""
+    if prop.get("type") != "object" or not isinstance(prop.get("properties"), dict):
+        return None
+    props = {str(k): _unwrap_nullable(schema, v) for k, v in prop["properties"].items() if isinstance(v, dict)}
+    if not props or len(props) > MAX_SUB_FIELDS or len(props) != len(prop["properties"]):
+        return None
+    return props if all(_is_scalar(p) for p in props.values()) else None
+
+
+def _scalar_array(schema: dict[str, Any], prop: dict[str, Any]) -> str | None:
+    """The item type of an array of strings or numbers, else None."""
+    if prop.get("type") != "array" or not isinstance(prop.get("items"), dict):
+        return None
+    items = _unwrap_nullable(schema, prop["items"])
+    return items["type"] if items.get("type") in ("string", "integer", "number") and not items.get("enum") else None
+
+
 def _field_for(prop: dict[str, Any], required: bool) -> tuple[forms.Field, str]:
     """A form field for one property, and how to read its value ("scalar" or "json")."""
     label = str(prop.get("title") or "")
@@ -215,7 +281,9 @@ def _field_for(prop: dict[str, Any], required: bool) -> tuple[forms.Field, str]:
 
 class ToolCallForm(forms.Form):
     """Fields generated from a tool's input schema: strings, numbers, integers, booleans and
-    enums get their own inputs; anything nested (objects, arrays, unions) a JSON textarea."""
+    enums get their own inputs (an optional ``anyOf [X, null]`` is X), an object of such values
+    one input per property, a list of strings or numbers a textarea with one per line; anything
+    deeper (nested objects, arrays of objects, unions) a JSON textarea."""
 
     RAW = "arguments"
 
@@ -237,8 +305,12 @@ class ToolCallForm(forms.Form):
         required = set(self.schema.get("required") or [])
         self.kinds = {}
         self.enum_values: dict[str, list[Any]] = {}
+        self.parts: dict[str, dict[str, str]] = {}
+        self.item_types: dict[str, str] = {}
         for name, raw in (props or {}).items():
-            prop = _resolve(self.schema, raw if isinstance(raw, dict) else {})
+            prop = _unwrap_nullable(self.schema, raw if isinstance(raw, dict) else {})
+            if self._add_structured(name, prop, name in required):
+                continue
             field, kind = _field_for(prop, name in required)
             self.fields[f"arg_{name}"] = field
             if not field.label:
@@ -247,12 +319,64 @@ class ToolCallForm(forms.Form):
             if kind == "enum":
                 self.enum_values[name] = list(prop["enum"])
 
+    def _add_structured(self, name: str, prop: dict[str, Any], required: bool) -> bool:
+        """Fields for a simple object (one per property, named ``arg_<name>__<property>``) or a
+        list of plain values (one per line); False when ``prop`` is neither."""
+        label = str(prop.get("title") or name)
+        item_type = _scalar_array(self.schema, prop)
+        if item_type is not None:
+            help_text = " ".join(filter(None, [str(prop.get("description") or ""), f"One {item_type} per line."]))
+            self.fields[f"arg_{name}"] = forms.CharField(
+                required=required, label=label, help_text=help_text, widget=forms.Textarea(attrs={"rows": 3})
+            )
+            self.kinds[name], self.item_types[name] = "lines", item_type
+            return True
+        props = _simple_object(self.schema, prop)
+        if props is None:
+            return False
+        inner_required = set(prop.get("required") or [])
+        self.parts[name] = {}
+        for sub, sub_prop in props.items():
+            field, kind = _field_for(sub_prop, required and sub in inner_required)
+            field.label = f"{label} / {sub_prop.get('title') or sub}"
+            self.fields[f"arg_{name}__{sub}"] = field
+            self.parts[name][sub] = kind
+            if kind == "enum":
+                self.enum_values[f"{name}__{sub}"] = list(sub_prop["enum"])
+        self.kinds[name] = "object"
+        return True
+
+    def _value(self, key: str, kind: str, value: Any) -> Any:
+        if kind == "enum":
+            return next((v for v in self.enum_values[key] if str(v) == value), value)
+        return value
+
+    def _object(self, name: str) -> dict[str, Any] | None:
+        out: dict[str, Any] = {}
+        for sub, kind in self.parts[name].items():
+            value = self.cleaned_data.get(f"arg_{name}__{sub}")
+            if kind == "bool":
+                if value:
+                    out[sub] = True
+            elif value not in (None, ""):
+                out[sub] = self._value(f"{name}__{sub}", kind, value)
+        return out or None
+
+    def _lines(self, name: str) -> list[Any] | None:
+        value = self.cleaned_data.get(f"arg_{name}")
+        return value if isinstance(value, list) and value else None
+
     def arguments(self) -> dict[str, Any]:
         """The tool's arguments from cleaned data; empty optional fields are left out."""
         if self.raw:
             return dict(self.cleaned_data[self.RAW])
         out: dict[str, Any] = {}
         for name, kind in self.kinds.items():
+            if kind in ("object", "lines"):
+                structured = self._object(name) if kind == "object" else self._lines(name)
+                if structured is not None:
+                    out[name] = structured
+                continue
             value = self.cleaned_data.get(f"arg_{name}")
             if kind == "bool":
                 out[name] = bool(value)
@@ -266,6 +390,20 @@ class ToolCallForm(forms.Form):
                 out[name] = value
         return out
 
+    def _parse_lines(self, key: str, text: str, item_type: str) -> list[Any]:
+        items: list[Any] = []
+        for line in (line.strip() for line in text.splitlines()):
+            if not line:
+                continue
+            if item_type == "string":
+                items.append(line)
+                continue
+            try:
+                items.append(int(line) if item_type == "integer" else float(line))
+            except ValueError:
+                self.add_error(key, f"Not a{'n' if item_type == 'integer' else ''} {item_type}: {line[:50]}")
+        return items
+
     def clean(self) -> dict[str, Any]:
         data = super().clean() or {}
         if self.raw and self.RAW in data:
@@ -278,6 +416,8 @@ class ToolCallForm(forms.Form):
                     self.add_error(self.RAW, "The arguments must be a JSON object.")
         for name, kind in self.kinds.items():
             key = f"arg_{name}"
+            if kind == "lines" and data.get(key) not in (None, ""):
+                data[key] = self._parse_lines(key, str(data[key]), self.item_types[name])
             if kind == "json" and data.get(key) not in (None, ""):
                 try:
                     data[key] = json.loads(data[key])

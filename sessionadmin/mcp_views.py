@@ -11,13 +11,16 @@ refresh wait at most the MCP timeout."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, ParamSpec, TypeVar
+from urllib.parse import urlencode
 
 from django.conf import settings
 from django.contrib import messages
+from django.core import signing
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
@@ -38,6 +41,11 @@ from sessionadmin.views import CHANGED_EVENT, _is_htmx, actor_of, can_operate, g
 PANEL = "sessionadmin/session_mcp.html"
 TOOL_PAGE = "sessionadmin/session_mcp_tool.html"
 FEED_LIMIT = 20
+HISTORY_LIMIT = 50
+# The operator's wait is measured from the POST that started a call to the poll that shows its
+# result; the start travels in the poll URL, signed so a page cannot make it up.
+STARTED_SALT = "sessionadmin.tool-call-started"
+STARTED_MAX_AGE = 24 * 3600
 # The panel shows this many tools, resources and prompts of each client; the rest are a link
 # away (session_mcp_listing), so a server listing thousands keeps the session page small.
 PANEL_ITEMS = 25
@@ -87,9 +95,16 @@ def _panel(
             }
             for name, held in sorted((client.quarantined_tools or {}).items())
         ]
+    # Clients closed (detached, or at the session's end) stay as rows: the session's history.
+    history = list(
+        McpClient.objects.filter(session_id=session.id, status=McpClient.Status.CLOSED)
+        .only("client_id", "transport", "url", "server_name", "server_version", "created_at", "created_by", "closed_at")
+        .order_by("-closed_at", "-id")[:HISTORY_LIMIT]
+    )
     context = {
         "session": session,
         "clients": clients,
+        "history": history,
         "calls": mcp_services.recent_tool_calls(session.id, limit=FEED_LIMIT),
         "endpoint": mcp_services.endpoint_url(session),
         "form": form or AttachForm(allow_adhoc=allow_adhoc),
@@ -103,10 +118,19 @@ def _panel(
     return render(request, template, context, status=status)
 
 
-def _after(request: HttpRequest, session: AgentSession, *, notice: str = "", error: str = "", status: int = 200) -> HttpResponse:
+def _after(
+    request: HttpRequest,
+    session: AgentSession,
+    *,
+    notice: str = "",
+    error: str = "",
+    status: int = 200,
+    form: AttachForm | None = None,
+) -> HttpResponse:
     if _is_htmx(request):
         # The session page refreshes its live parts (timeline, facts) on this event.
-        return trigger_client_event(_panel(request, session, notice=notice, error=error, status=status), CHANGED_EVENT)
+        panel = _panel(request, session, form=form, notice=notice, error=error, status=status)
+        return trigger_client_event(panel, CHANGED_EVENT)
     if notice:
         messages.success(request, notice)
     if error:
@@ -140,7 +164,8 @@ def session_mcp_attach(request: HttpRequest, session_id: uuid.UUID) -> HttpRespo
     except SessionNotFound:
         raise Http404("No such active session.")
     except (McpOperationFailed, InvalidInput, SecretsError) as exc:
-        return _after(request, session, error=f"Attach failed: {exc}")
+        # The operator's choice stays in the form, to retry or correct it.
+        return _after(request, session, error=f"Attach failed: {exc}", form=form)
     return _after(request, session, notice=f"Attached {client.client_id}: {client.server_name} {client.server_version}".strip())
 
 
@@ -206,15 +231,18 @@ def session_mcp_tool(request: HttpRequest, session_id: uuid.UUID, client_id: str
         return _render_call(request, context)
     if not form.is_valid():
         return _render_call(request, context, status=200 if _is_htmx(request) else 400)
+    started = time.time()
     try:
         if not _is_htmx(request):
             # No script to poll with: wait for the result (bounded by the call timeout).
-            _show_result(context, {"status": "done", "result": _wait(session, client, tool, form.arguments(), request)})
+            result = _wait(session, client, tool, form.arguments(), request)
+            _show_result(context, {"status": "done", "result": result}, waited=time.time() - started)
         else:
             context["call_id"] = mcp_services.start_tool_call(
                 session.id, client.client_id, tool, form.arguments(), actor=actor_of(request)
             )
             context["running"] = True
+            context["poll_url"] = _poll_url(session, client, tool, context["call_id"], signing.dumps(started, salt=STARTED_SALT))
     except (SessionNotFound, MCPClientNotFound):
         raise Http404("No such MCP client.")
     except (McpOperationFailed, InvalidInput, SecretsError) as exc:
@@ -226,7 +254,23 @@ def _wait(session: AgentSession, client: McpClient, tool: str, arguments: dict[s
     return mcp_services.call_tool(session.id, client.client_id, tool, arguments, actor=actor_of(request))
 
 
-def _show_result(context: dict[str, Any], status: dict[str, Any]) -> None:
+def _poll_url(session: AgentSession, client: McpClient, tool: str, call_id: str, started_token: str) -> str:
+    url = reverse("session_mcp_call", args=[session.id, client.client_id, tool, call_id])
+    return f"{url}?{urlencode({'started': started_token})}" if started_token else url
+
+
+def _started_at(token: str) -> float | None:
+    """The start time carried by a poll URL, if its signature holds."""
+    try:
+        value = signing.loads(token, salt=STARTED_SALT, max_age=STARTED_MAX_AGE)
+    except signing.BadSignature:
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _show_result(context: dict[str, Any], status: dict[str, Any], *, waited: float | None = None) -> None:
+    if waited is not None:
+        context["waited_ms"] = round(max(0.0, waited) * 1000)
     if status["status"] == "failed":
         context["error"] = status.get("error", "")
         return
@@ -262,10 +306,13 @@ def session_mcp_call(request: HttpRequest, session_id: uuid.UUID, client_id: str
         context["error"] = str(exc)
         status = {"status": "failed", "error": str(exc)}
     template = f"{TOOL_PAGE}#call" if _is_htmx(request) else TOOL_PAGE
+    token = request.GET.get("started", "")
+    started = _started_at(token)
     if status["status"] == "running":
         context["call_id"], context["running"], context["elapsed"] = call_id, True, status.get("elapsed")
+        context["poll_url"] = _poll_url(session, client, tool, call_id, token if started is not None else "")
         return render(request, template, context)
-    _show_result(context, status)
+    _show_result(context, status, waited=None if started is None else time.time() - started)
     response = render(request, template, context)
     if not _is_htmx(request):
         return response
@@ -357,6 +404,17 @@ def mcp_server_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse
     server = get_object_or_404(McpServer, pk=pk) if pk is not None else McpServer()
     headers, env = mcp_services.stored_secrets(server if pk is not None else None)
     form = McpServerForm(request.POST or None, instance=server, stored_headers=headers, stored_env=env)
+    transport = form.transport_shown(request.GET.get("transport", "") if request.method == "GET" else "")
+    if not form.is_bound:
+        form.initial["transport"] = transport
+    form.fields["transport"].widget.attrs.update(
+        {"hx-get": request.path, "hx-trigger": "change", "hx-target": "#transport-fields", "hx-swap": "outerHTML"}
+    )
+    context = {"form": form, "server": server, "stdio_sandbox": settings.SESSIONADMIN_STDIO_SANDBOX, "transport": transport}
+    context["transport_fields"] = form.fields_for(transport)
+    if request.method == "GET" and _is_htmx(request):
+        # The transport select changed: only that transport's fields, from the same template.
+        return render(request, "sessionadmin/mcp_server_edit.html#transport-fields", context)
     if request.method == "POST" and form.is_valid():
         new_headers, new_env = form.secrets_to_store()
         mcp_services.save_server(form.save(commit=False), actor=actor_of(request), headers=new_headers, env=new_env)
@@ -364,12 +422,7 @@ def mcp_server_edit(request: HttpRequest, pk: int | None = None) -> HttpResponse
         if server.secrets_cleared:
             messages.warning(request, cleared_secrets_notice(server))
         return redirect("mcp_server_list")
-    return render(
-        request,
-        "sessionadmin/mcp_server_edit.html",
-        {"form": form, "server": server, "stdio_sandbox": settings.SESSIONADMIN_STDIO_SANDBOX},
-        status=400 if request.method == "POST" else 200,
-    )
+    return render(request, "sessionadmin/mcp_server_edit.html", context, status=400 if request.method == "POST" else 200)
 
 
 @require_POST

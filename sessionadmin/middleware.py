@@ -114,3 +114,17 @@ class RequestIdMiddleware:
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}", re.ASCII)
+
+
+class NoContentTypeOn204Middleware:
+    """A 204 has no body, so no Content-Type: Django (and django-ninja through it) would send its
+    default ``text/html``, which tells a client there is HTML to read."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        response = self.get_response(request)
+        if response.status_code == 204 and response.has_header("Content-Type"):
+            del response["Content-Type"]
+        return response

@@ -133,6 +133,15 @@ class PromptLayer(models.Model):
         return f"{self.name} ({owner}, v{self.version})"
 
 
+def uuid_prefix_range(text: str) -> tuple[uuid.UUID, uuid.UUID] | None:
+    """The UUIDs starting with ``text`` (4 to 32 hex digits, dashes ignored: the 8-character
+    short ids the dashboard shows) as an inclusive range, or None if it is no such prefix."""
+    digits = text.strip().replace("-", "").lower()
+    if 4 <= len(digits) <= 32 and all(c in "0123456789abcdef" for c in digits):
+        return uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
+    return None
+
+
 class AgentSessionQuerySet(models.QuerySet["AgentSession"]):
     def active(self) -> AgentSessionQuerySet:
         return self.filter(status=AgentSession.Status.ACTIVE)
@@ -183,10 +192,9 @@ class AgentSessionQuerySet(models.QuerySet["AgentSession"]):
         if not text:
             return self
         condition = Q(user_id__startswith=text)
-        digits = text.replace("-", "").lower()
-        if 4 <= len(digits) <= 32 and all(c in "0123456789abcdef" for c in digits):
-            low, high = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
-            condition |= Q(pk__gte=low, pk__lte=high)
+        bounds = uuid_prefix_range(text)
+        if bounds is not None:
+            condition |= Q(pk__gte=bounds[0], pk__lte=bounds[1])
         return self.filter(condition)
 
 

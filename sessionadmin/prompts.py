@@ -37,6 +37,24 @@ def render(template: str, variables: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: variables.get(m.group(1), m.group(0)), template)
 
 
+SYNTAX_HINT = (
+    "Placeholders: {{ name }} is replaced by the session's variable name (letters, digits and _), "
+    "given when the session is created; a placeholder with no such variable stays as written. "
+    "Single braces such as {org_id} are plain text."
+)
+_SINGLE_BRACES = re.compile(r"(?<!\{)\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}(?!\})")
+
+
+def unfilled(text: str) -> list[str]:
+    """Placeholders left in a rendered text (no variable of that name), in order, once each."""
+    return list(dict.fromkeys(m.group(1) for m in _PLACEHOLDER.finditer(text)))
+
+
+def single_braces(text: str) -> list[str]:
+    """``{name}`` written where ``{{ name }}`` was probably meant."""
+    return list(dict.fromkeys(m.group(1) for m in _SINGLE_BRACES.finditer(text)))
+
+
 def sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -167,6 +167,7 @@ MIDDLEWARE = [
     "sessionadmin.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "sessionadmin.middleware.RejectNulMiddleware",
+    "sessionadmin.middleware.NoContentTypeOn204Middleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -243,6 +244,8 @@ SESSIONADMIN_CSP: dict[str, list[str]] = {
     "script-src": ["'self'"],
     "style-src": ["'self'"],
     "img-src": ["'self'", "data:"],
+    # Audio in tool results plays from data: URLs (safe audio types only, mcp_client.INLINE_AUDIO_TYPES).
+    "media-src": ["'self'", "data:"],
     "font-src": ["'self'"],
     "connect-src": ["'self'"],
     "object-src": ["'none'"],

@@ -1,10 +1,15 @@
 from django.contrib import admin
+from django.contrib.auth.decorators import login_not_required
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from sessionadmin import api, maintenance_views, mcp_views, metrics_views, views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    # Browsers ask for /favicon.ico before reading any <link rel="icon">; no login for an icon.
+    path("favicon.ico", login_not_required(RedirectView.as_view(url=static("sessionadmin/favicon.svg"), permanent=True))),
     path("accounts/", include("django.contrib.auth.urls")),
     # Dashboard (sessionadmin/views.py)
     path("", views.session_list, name="session_list"),

@@ -11,6 +11,7 @@ not activity: sessions are read with querysets here, never with ``SessionManager
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
@@ -30,7 +31,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect, trigger_client_event
 
-from sessionadmin import lifecycle, services
+from sessionadmin import lifecycle, prompts, services
 from sessionadmin.forms import (
     SORTS,
     STATUS_FILTERS,
@@ -61,6 +62,26 @@ from sessionadmin.workspaces import inspect_workspace
 VIEW_PERMISSION = "sessionadmin.view_agentsession"
 PER_PAGE = 50
 AUDIT_TIMELINE_LIMIT = 100
+# The session page's filter of its audit trail: the events a session's trail holds. A fixed list,
+# so the filter costs no DISTINCT over the audit table.
+TIMELINE_EVENTS = (
+    ("mcp_tool_called", "Tool calls"),
+    ("session_created", "Created"),
+    ("session_pinned", "Pinned"),
+    ("session_unpinned", "Unpinned"),
+    ("system_prompt_updated", "Prompt updated"),
+    ("mcp_client_added", "Client attached"),
+    ("mcp_client_add_failed", "Attach failed"),
+    ("mcp_client_removed", "Client detached"),
+    ("mcp_client_closed", "Client closed"),
+    ("mcp_client_status_changed", "Client status changed"),
+    ("mcp_tool_approved", "Tool approved"),
+    ("gateway_token_issued", "Gateway token issued"),
+    ("session_terminating", "Terminating"),
+    ("session_cleaned_up", "Cleaned up"),
+    ("workspace_removal_failed", "Removal failed"),
+)
+EVENT_FILTER_RE = re.compile(r"[a-z_]{1,64}")
 HEADLINE_ORGS = 6
 # The client event that makes the live parts of a page refresh after an htmx mutation.
 CHANGED_EVENT = "session-changed"
@@ -343,8 +364,29 @@ def session_create(request: HttpRequest) -> HttpResponse:
 # --- detail ------------------------------------------------------------------------------------
 
 
-def _detail_context(request: HttpRequest, session: AgentSession, **forms: Any) -> dict[str, Any]:
-    entries = list(AuditEntry.objects.for_session(session.id).order_by("-at", "-id")[: AUDIT_TIMELINE_LIMIT + 1])
+def _prompt_preview(session: AgentSession) -> dict[str, Any]:
+    """The prompt the current layers compose for this session's user, org and variables now
+    (the stored one was composed at creation, and layers may have changed since)."""
+    org = Org.objects.filter(pk=session.org_id).first()
+    if org is None:
+        return {"error": "The session's org no longer exists."}
+    variables = {str(k): str(v) for k, v in (session.variables or {}).items()}
+    composed = prompts.DefaultPromptComposer().compose(user_id=session.user_id, org=org, variables=variables)
+    return {
+        "text": composed.text,
+        "unfilled": prompts.unfilled(composed.text),
+        "single_braces": prompts.single_braces(composed.text),
+        "differs": composed.text != session.system_prompt,
+    }
+
+
+def _detail_context(request: HttpRequest, session: AgentSession, *, preview: bool = False, **forms: Any) -> dict[str, Any]:
+    event = request.GET.get("event", "")
+    event = event if EVENT_FILTER_RE.fullmatch(event) else ""
+    trail = AuditEntry.objects.for_session(session.id)
+    if event:
+        trail = trail.filter(event_type=event)
+    entries = list(trail.order_by("-at", "-id")[: AUDIT_TIMELINE_LIMIT + 1])
     redact_shown_entries(entries)
     layer_ids = [p["id"] for p in session.prompt_provenance if p.get("kind") in PromptLayer.Scope.values and "id" in p]
     current = (
@@ -368,6 +410,11 @@ def _detail_context(request: HttpRequest, session: AgentSession, **forms: Any) -
         "session": session,
         "entries": entries[:AUDIT_TIMELINE_LIMIT],
         "more_entries": len(entries) > AUDIT_TIMELINE_LIMIT,
+        "event": event,
+        "preview": _prompt_preview(session) if preview else None,
+        "variables": sorted((session.variables or {}).items()),
+        "syntax_hint": prompts.SYNTAX_HINT,
+        "event_choices": TIMELINE_EVENTS,
         "provenance": provenance,
         "can_operate": can_operate(request),
         "kill_form": forms.get("kill_form") or ReasonForm(),
@@ -382,6 +429,8 @@ def session_detail(request: HttpRequest, session_id: uuid.UUID) -> HttpResponse:
     session = get_session_for(request, session_id, act=False)
     template = "sessionadmin/session_detail.html"
     target = _htmx_target(request)
+    if target == "prompt-preview" or request.GET.get("preview"):
+        return render(request, template + ("#prompt-preview" if target else ""), _detail_context(request, session, preview=True))
     if target in ("detail-live", "detail-timeline"):
         template += "#live" if target == "detail-live" else "#timeline"
     return render(request, template, _detail_context(request, session))

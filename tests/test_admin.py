@@ -65,6 +65,10 @@ class AuditEntryAdminTestCase(BaseTestCase):
         self.assertEqual(list(r.context["cl"].result_list), [self.e2])
         r = self.client.get(self.changelist, {"q": SID})
         self.assertEqual(set(r.context["cl"].result_list), {self.e1, self.e2})
+        r = self.client.get(self.changelist, {"q": str(SID)[:8]})  # the dashboard's short id
+        self.assertEqual(set(r.context["cl"].result_list), {self.e1, self.e2})
+        r = self.client.get(self.changelist, {"q": "ffffffff"})
+        self.assertEqual(list(r.context["cl"].result_list), [])
         r = self.client.get(self.changelist, {"q": "bob"})
         self.assertEqual(list(r.context["cl"].result_list), [self.e2])
         r = self.client.get(self.changelist, {"at__year": "2026", "at__month": "3"})

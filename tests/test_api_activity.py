@@ -28,6 +28,7 @@ class ActivityTestCase(ApiTestCase):
         with time_machine.travel(at, tick=False), CaptureQueriesContext(connection) as ctx:
             r = self.api("POST", self.url)
         self.assertEqual(r.status_code, 204)
+        self.assertFalse(r.has_header("Content-Type"))  # no body, so no type (not text/html)
         return sum(q["sql"].startswith("UPDATE") and "sessionadmin_agentsession" in q["sql"] for q in ctx.captured_queries)
 
     def test_it_writes_at_most_once_per_resolution_window(self) -> None:

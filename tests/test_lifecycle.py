@@ -90,6 +90,19 @@ class FinishTestCase(BaseTestCase):
         self.assertFalse(os.path.exists(session.workspace_path))
         self.assertFalse((old_root / "user-1").exists())  # its emptied user directory too
 
+    def test_it_removes_the_user_directory_with_the_users_last_session_only(self) -> None:
+        first = self.manager().create_session("user-9", "acme")
+        second = self.manager().create_session("user-9", "acme")
+        user_dir = self.workspace_root / "user-9"
+        self.end(first, second)
+
+        lifecycle.finish(session_ids=[first.id], actor="system:test")
+        self.assertEqual(sorted(os.listdir(user_dir)), [str(second.id)])  # still in use
+
+        lifecycle.finish(session_ids=[second.id], actor="system:test")
+        self.assertFalse(user_dir.exists())  # no empty {root}/{user}/ left behind
+        self.assertEqual(os.listdir(self.workspace_root), [])
+
     def test_an_already_removed_workspace_is_success(self) -> None:
         session = self.manager().create_session("user-1", "acme")
         self.end(session)

@@ -55,6 +55,24 @@ class MaintenancePageTestCase(BaseTestCase):
         self.assertContains(r, 'id="runs"')
         self.assertNotContains(r, "Next inactivity cleanup")
 
+    def test_it_hides_routine_health_passes_unless_asked(self) -> None:
+        now = timezone.now()
+        MaintenanceRun.objects.create(task="mcp_health", outcome="ok", triggered_by="beat-ok", finished_at=now)
+        MaintenanceRun.objects.create(task="mcp_health", outcome="failed", triggered_by="beat-failed", finished_at=now)
+        MaintenanceRun.objects.create(task="history_purge", outcome="ok", triggered_by="beat-purge", finished_at=now)
+        self.client.force_login(self.bob)
+        default = self.client.get(self.url)
+        self.assertNotContains(default, "beat-ok")
+        self.assertContains(default, "beat-failed")  # a failing health pass stays visible
+        self.assertContains(default, "beat-purge")
+        every = self.client.get(self.url, {"runs": "routine"}, headers={"HX-Request": "true"})
+        self.assertContains(every, "beat-ok")
+        self.assertContains(every, '<option value="routine" selected>')
+        one = self.client.get(self.url, {"runs": "history_purge"})
+        self.assertContains(one, "beat-purge")
+        self.assertNotContains(one, "beat-failed")
+        self.assertNotContains(self.client.get(self.url, {"runs": "bogus"}), "beat-ok")
+
     def test_it_refuses_users_without_a_role(self) -> None:
         self.client.force_login(self.charlie)
         self.assertEqual(self.client.get(self.url).status_code, 403)

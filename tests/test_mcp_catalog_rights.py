@@ -103,7 +103,7 @@ class DashboardCatalogTests(CatalogRightsTestCase):
     def test_an_empty_allow_list_refuses_every_stdio_entry(self) -> None:
         self.login("root")
         with override_settings(SESSIONADMIN_STDIO_COMMANDS=[]):
-            form = self.client.get(reverse("mcp_server_create"))
+            form = self.client.get(reverse("mcp_server_create"), {"transport": "stdio"})
             self.assertContains(form, "no command is allowed on this installation")
             response = self.client.post(reverse("mcp_server_create"), stdio_form())
             self.assertContains(response, "No stdio command may run on this installation", status_code=400)
@@ -232,3 +232,21 @@ class AttachAllowListTests(GatewayMixin, BaseTransactionTestCase):
         self.assertEqual(AuditEntry.objects.get(event_type="mcp_client_add_failed").actor, "alice")
         self.client.login(username="dave", password=PASSWORD)  # an MCP admin has no session rights
         self.assertEqual(self.client.post(attach, {"server": self.http_entry.pk}).status_code, 403)
+
+
+class CatalogFormTransportTests(CatalogRightsTestCase):
+    def test_it_shows_only_the_chosen_transports_fields_and_swaps_them_for_htmx(self) -> None:
+        self.login("root")
+        http = self.client.get(reverse("mcp_server_create")).content.decode()
+        self.assertIn('name="url"', http)
+        self.assertNotIn('name="command"', http)
+        self.assertIn('hx-get="/mcp/servers/new/" hx-trigger="change" hx-target="#transport-fields"', http)
+        swapped = self.client.get(reverse("mcp_server_create"), {"transport": "stdio"}, headers={"HX-Request": "true"})
+        body = swapped.content.decode()
+        self.assertTrue(body.lstrip().startswith('<fieldset id="transport-fields"'))
+        self.assertIn('name="command"', body)
+        self.assertIn('name="env_text"', body)
+        self.assertNotIn('name="url"', body)
+        self.assertNotIn('name="name"', body)
+        # Checkboxes sit inside their label, before its text.
+        self.assertIn('<label class="check"><input type="checkbox" name="network"', body)

@@ -104,6 +104,8 @@ class AttachViewTests(McpViewsTestCase):
         response = self.client.post(self.attach_url, {"server": self.server.pk}, headers={"HX-Request": "true"})
         self.assertContains(response, "Attach failed: auth:")
         self.assertFalse(McpClient.objects.exists())
+        # The chosen server stays selected for a retry.
+        self.assertContains(response, f'<option value="{self.server.pk}" selected>')
 
     def test_it_offers_an_adhoc_url_only_with_the_permission(self) -> None:
         self.login("alice")
@@ -139,6 +141,14 @@ class ClientActionViewTests(McpViewsTestCase):
         self.assertContains(self.client.post(detach, headers={"HX-Request": "true"}), "No MCP client attached.")
         self.assertEqual(McpClient.objects.get().status, McpClient.Status.CLOSED)
         self.assertEqual(self.client.post(detach).status_code, 404)
+        # The closed client stays as history, also once the session has ended.
+        panel = reverse("session_mcp", args=[self.session.id])
+        self.assertContains(self.client.get(panel), "Detached clients")
+        self.manager().cleanup_session(self.session.id, actor="alice", reason="done")
+        ended = self.client.get(panel).content.decode()
+        self.assertIn("Clients that were attached", ended)
+        self.assertIn('<td class="mono">tools</td>', ended)
+        self.assertIn("No MCP client open: the session has ended.", ended)
 
     def test_actions_are_post_only_and_for_operators(self) -> None:
         self.attach()
@@ -159,7 +169,7 @@ class ToolCallViewTests(McpViewsTestCase):
         """Post the form as htmx does, then poll the call until the page shows its result."""
         started = self.client.post(self.tool_url(tool), data, headers={"HX-Request": "true"})
         self.assertContains(started, "badge-running")
-        poll = re.search(r'hx-get="([^"]+/calls/[^"]+/)"', started.content.decode())
+        poll = re.search(r'hx-get="([^"]+/calls/[^"]+/[?]started=[^"]+)"', started.content.decode())
         assert poll is not None
         for _ in range(600):
             response = self.client.get(poll.group(1), headers={"HX-Request": "true"})
@@ -201,13 +211,32 @@ class ToolCallViewTests(McpViewsTestCase):
         answered = time.monotonic() - started
         self.assertContains(response, "the call runs in the gateway")
         self.assertLess(answered, 3)  # answered before the tool could have finished
-        poll = re.search(r'hx-get="([^"]+/calls/[^"]+/)"', response.content.decode())
+        poll = re.search(r'hx-get="([^"]+/calls/[^"]+/[?]started=[^"]+)"', response.content.decode())
         assert poll is not None
         # Only the operator who started the call may read it.
         self.login("root")
         self.assertEqual(self.client.get(poll.group(1)).status_code, 404)
         stopped = self.client.get(poll.group(1), headers={"HX-Request": "true"})
         self.assertContains(stopped, "no longer known to the gateway", status_code=286)  # the page stops polling
+
+    def test_it_shows_the_wait_measured_around_the_whole_call(self) -> None:
+        self.attach()
+        self.login("alice")
+        shown = self.call("sleep", {"arg_seconds": "0.3"})
+        waited = re.search(r'class="small waited">waited ([0-9.]+) (ms|s)<', shown)
+        assert waited is not None
+        self.assertIn("the tool took", shown)
+        # A start time the server did not sign is ignored: the gateway's own duration is shown.
+        started = self.client.post(self.tool_url("add"), {"arg_a": "1", "arg_b": "2"}, headers={"HX-Request": "true"})
+        url = re.search(r'hx-get="([^"]+/calls/[^"]+/)[?]', started.content.decode())
+        assert url is not None
+        for _ in range(600):
+            response = self.client.get(url.group(1) + "?started=1000", headers={"HX-Request": "true"})
+            if response.status_code == 286:
+                break
+            time.sleep(0.05)
+        self.assertNotContains(response, "waited", status_code=286)
+        self.assertContains(response, " ms</span>", status_code=286)
 
     def test_it_waits_for_the_result_without_htmx(self) -> None:
         self.attach()

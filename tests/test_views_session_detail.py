@@ -12,7 +12,7 @@ from django.test import override_settings
 from django.urls import reverse
 
 from sessionadmin import lifecycle, workspaces
-from sessionadmin.models import AgentSession, AuditEntry, PromptLayer
+from sessionadmin.models import AgentSession, AuditEntry, Org, PromptLayer
 from tests.base import BaseTestCase
 from tests.celery_worker import QueueProbe
 
@@ -79,6 +79,69 @@ class SessionDetailTestCase(BaseTestCase):
         # its audit entries, the current versions of its prompt layers
         with self.assertNumQueries(7):
             self.client.get(self.url)
+
+    def test_it_shows_each_entrys_key_details(self) -> None:
+        from sessionadmin import audit, mcp_services
+
+        call = mcp_services.tool_call_entry(
+            session_id=self.session.id, user_id="u-1", org_id="acme", actor="alice", client_id="calc", tool="add",
+            arguments={"a": 1}, duration=1.5, outcome="failed", error="upstream <b>down</b>", kind="timeout", at=NOW,
+        )  # fmt: skip
+        audit.write([call])
+        self.client.force_login(self.bob)
+        r = self.client.get(self.url)
+        self.assertContains(r, "<dt>tool</dt><dd>add</dd>", html=False)
+        self.assertContains(r, "<dt>client</dt><dd>calc</dd>", html=False)
+        self.assertContains(r, "<dt>error kind</dt><dd>timeout</dd>", html=False)
+        self.assertContains(r, "<dt>took (ms)</dt><dd>1500.0</dd>", html=False)
+        self.assertContains(r, "upstream &lt;b&gt;down&lt;/b&gt;")
+
+    def test_it_filters_the_trail_by_event_type_in_the_same_view(self) -> None:
+        lifecycle.pin(session_id=self.session.id, until=NOW + timedelta(days=1), reason="demo", actor="alice")
+        self.client.force_login(self.bob)
+        r = self.client.get(self.url, {"event": "session_pinned"}, headers={"HX-Request": "true", "HX-Target": "detail-timeline"})
+        body = r.content.decode()
+        self.assertTrue(body.lstrip().startswith('<section id="detail-timeline"'))
+        self.assertIn('data-event="session_pinned"', body)
+        self.assertNotIn('data-event="session_created"', body)
+        self.assertIn('<option value="session_pinned" selected>', body)
+        self.assertIn(f'hx-get="{self.url}?event=session_pinned"', body)  # the polling keeps the filter
+        none = self.client.get(self.url, {"event": "mcp_tool_called"})
+        self.assertContains(none, "No mcp_tool_called entries.")
+        ignored = self.client.get(self.url, {"event": "x' OR 1=1"})
+        self.assertContains(ignored, 'data-event="session_created"')
+
+    def test_it_shows_an_ended_session_without_its_pin_and_with_its_end_reason(self) -> None:
+        lifecycle.pin(session_id=self.session.id, until=NOW + timedelta(days=3), reason="keep", actor="alice")
+        lifecycle.end(session_ids=[self.session.id], actor="alice", reason="customer left", enqueue=False)
+        lifecycle.finish(session_ids=[self.session.id], actor="alice")
+        self.client.force_login(self.bob)
+        r = self.client.get(self.url)
+        self.assertContains(r, '<span class="end-reason">customer left</span>')
+        self.assertNotContains(r, "<dt>Pinned</dt>")
+        listing = self.client.get(reverse("session_list"), {"status": "all"})
+        self.assertNotContains(listing, "pinned until")
+
+    def test_it_shows_the_variables_and_previews_the_composed_prompt(self) -> None:
+        org = Org.objects.get(pk="acme")
+        org.prompt = "Org {{ org_name }} for {{ ticket }}; not {org_id}."
+        org.save()
+        session = self.manager().create_session("u-2", "acme", actor="alice", variables={"org_name": "<Acme>"})
+        url = reverse("session_detail", args=[session.id])
+        self.client.force_login(self.bob)
+        page = self.client.get(url)
+        self.assertContains(page, '<dt class="mono">org_name</dt><dd class="mono">&lt;Acme&gt;</dd>', html=False)
+        self.assertContains(page, "{{ name }} is replaced by the session&#x27;s variable")
+        self.assertNotContains(page, "Preview: composed now")
+        PromptLayer.objects.filter(pk=self.layer.pk).update(body="Be very kind.")
+        preview = self.client.get(url, {"preview": "1"}, headers={"HX-Request": "true", "HX-Target": "prompt-preview"})
+        body = preview.content.decode()
+        self.assertTrue(body.lstrip().startswith('<div id="prompt-preview"'))
+        self.assertIn("Be very kind.", body)
+        self.assertIn("Org &lt;Acme&gt; for {{ ticket }}; not {org_id}.", body)
+        self.assertIn("No variable for: <code>ticket</code>", body)
+        self.assertIn("Single braces are plain text: <code>org_id</code>", body)
+        self.assertIn("differs</span>", body)
 
     def test_it_allows_only_get(self) -> None:
         self.client.force_login(self.alice)

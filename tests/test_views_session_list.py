@@ -164,6 +164,10 @@ class SessionListTestCase(BaseTestCase):
         self.client.force_login(self.alice)
         self.assertContains(self.client.get(self.url), "No live sessions right now.")
         self.assertContains(self.client.get(self.url, {"org": "acme"}), "No sessions match these filters.")
+        empty = self.client.get(self.url)
+        self.assertNotContains(empty, 'class="pager"')  # nothing to page through
+        self.assertNotContains(empty, "Kill selected")  # nothing to kill
+        self.assertContains(empty, '<label for="filter-status">Status')
 
 
 class BulkKillTestCase(BaseTestCase):

@@ -82,6 +82,13 @@ def sort_link(current: str, key: str, label: str, query: str, descending_first: 
 
 
 @register.filter
+def ms(milliseconds: int | float | None) -> str:
+    """A wait as people read it: "850 ms", "1.5 s"."""
+    value = float(milliseconds or 0)
+    return f"{value:.0f} ms" if value < 1000 else f"{value / 1000:.1f} s"
+
+
+@register.filter
 def duration(seconds: int | None) -> str:
     if not seconds:
         return ""
@@ -89,6 +96,15 @@ def duration(seconds: int | None) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size} {unit}"
     return f"{seconds} s"
+
+
+# Ids longer than this may be cut by their column (the table's cells end in an ellipsis): they
+# carry their full value in a title. Shorter ones fit, and the polled partial stays small.
+CUT_AT = 20
+
+
+def _title(value: str) -> str:
+    return f' title="{escape(value)}"' if len(value) > CUT_AT else ""
 
 
 @register.simple_tag
@@ -101,9 +117,13 @@ def session_rows(sessions: Iterable[Any], can_operate: bool, detail_prefix: str)
     for s in sessions:
         check = ""
         if can_operate:
-            box = f'<input type="checkbox" name="ids" value="{s.id}" aria-label="select">' if s.status == "active" else ""
+            box = (
+                f'<input type="checkbox" name="ids" value="{s.id}" aria-label="select {s.short_id}">'
+                if s.status == "active"
+                else ""
+            )
             check = f"<td>{box}</td>"
-        if s.pinned:
+        if s.pinned and s.status == "active":
             cleanup = f'<span class="pin">pinned until {_time_html(s.pinned_until, now)}</span>'
         elif s.deadline:
             cleanup = _time_html(s.deadline, now)
@@ -112,9 +132,40 @@ def session_rows(sessions: Iterable[Any], can_operate: bool, detail_prefix: str)
         status = escape(s.status)
         rows.append(
             f'<tr>{check}<td><a href="{escape(detail_prefix)}{s.id}/">{s.short_id}</a></td>'
-            f"<td>{escape(s.user_id)}</td><td>{escape(s.org_id)}</td>"
+            f"<td{_title(s.user_id)}>{escape(s.user_id)}</td><td{_title(s.org_id)}>{escape(s.org_id)}</td>"
             f'<td><span class="badge badge-{status}">{status}</span></td>'
             f"<td>{_time_html(s.created_at, now)}</td><td>{_time_html(s.last_active_at, now)}</td>"
             f"<td>{cleanup}</td><td>{int(s.mcp_count)}</td></tr>"
         )
     return mark_safe("\n".join(rows))  # noqa: S308
+
+
+# The details of an audit entry worth a line on the session page, in reading order: what it was
+# about (tool, client, server), how it went, and why. Everything else stays in the admin.
+AUDIT_FACTS = (
+    ("tool", "tool"),
+    ("client_id", "client"),
+    ("server", "server"),
+    ("outcome", "outcome"),
+    ("duration_ms", "took (ms)"),
+    ("kind", "error kind"),
+    ("limit", "limit hit"),
+    ("current", "current"),
+    ("maximum", "maximum"),
+    ("until", "until"),
+    ("status", "status"),
+)
+
+
+@register.simple_tag
+def audit_facts(details: Any) -> list[tuple[str, str]]:
+    """(label, value) pairs of an entry's key details; values are plain text (the template
+    escapes them), cut to a readable length."""
+    if not isinstance(details, dict):
+        return []
+    facts = []
+    for key, label in AUDIT_FACTS:
+        value = details.get(key)
+        if value not in (None, "", [], {}):
+            facts.append((label, str(value)[:300]))
+    return facts

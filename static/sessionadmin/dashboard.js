@@ -5,6 +5,15 @@
 
   document.addEventListener("submit", function (event) {
     var form = event.target;
+    // A bulk action with nothing ticked: say so instead of asking to confirm nothing.
+    var needs = form.getAttribute && form.getAttribute("data-needs-selection");
+    if (needs && !form.querySelector("input[name='" + needs + "']:checked")) {
+      event.preventDefault();
+      event.stopImmediatePropagation();
+      var note = document.getElementById("bulk-note");
+      if (note) { note.hidden = false; note.textContent = "No session selected: tick the sessions to kill first."; }
+      return;
+    }
     var message = form.getAttribute && form.getAttribute("data-confirm");
     if (message && !window.confirm(message)) {
       event.preventDefault();
@@ -36,6 +45,21 @@
   }
   document.addEventListener("DOMContentLoaded", function () { sizeMeters(document); });
   document.addEventListener("htmx:load", function (event) { sizeMeters(event.target); });
+
+  // Announce what a swap brought: notices and errors inside swapped content are read out
+  // through the page's permanent live region (polling that only refreshes facts stays quiet).
+  document.addEventListener("htmx:afterSwap", function (event) {
+    var target = event.detail && event.detail.target;
+    var announcer = document.getElementById("announcer");
+    if (!target || !announcer || !target.querySelectorAll) { return; }
+    var root = target.isConnected ? target : document;
+    var notes = Array.prototype.slice.call(root.querySelectorAll(".notice, [role=alert]"));
+    var text = notes.map(function (each) { return each.textContent.trim(); }).filter(Boolean).join(" ");
+    if (text && event.detail.requestConfig && event.detail.requestConfig.verb !== "get") {
+      announcer.textContent = "";
+      window.setTimeout(function () { announcer.textContent = text; }, 50);
+    }
+  });
 
   // Polling swaps the rows; put the operator's ticks back on the new ones.
   document.addEventListener("htmx:afterSettle", function () {

@@ -9,6 +9,7 @@ from typing import Any
 from playwright.sync_api import expect
 
 from sessionadmin.manager import SessionManager
+from sessionadmin.models import AgentSession
 
 
 def test_it_runs_a_session_lifecycle_as_an_operator(
@@ -95,3 +96,18 @@ def test_it_creates_an_org_inline(personas: Any, login: Any, live_server: Any, a
     expect(page.locator(".message-success")).to_have_text("Org initech created.")
     expect(page.locator("tbody tr", has_text="initech")).to_contain_text("0 / 3")
     page.screenshot(path=str(artifacts_dir / "org_list.png"), full_page=True)
+
+
+def test_it_says_so_when_bulk_kill_has_nothing_selected(
+    personas: Any, login: Any, live_server: Any, workspace_root: Path
+) -> None:
+    SessionManager(workspace_root, max_concurrent=0).create_session("u-bulk", "acme", actor="alice")
+    page = login("alice")
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(f"{live_server.url}/")
+    page.fill("input[name=reason]", "tidy up")
+    page.get_by_role("button", name="Kill selected").click()
+    expect(page.locator("#bulk-note")).to_have_text("No session selected: tick the sessions to kill first.")
+    assert dialogs == []  # no confirmation asked for nothing
+    assert AgentSession.objects.get(user_id="u-bulk").status == AgentSession.Status.ACTIVE

@@ -124,6 +124,45 @@ async def rug_pull(description: str, ctx: Context) -> str:  # type: ignore[type-
     return "changed"
 
 
+# A 2x2 PNG (red, green, blue, white), small enough to inline.
+PIXELS = "iVBORw0KGgoAAAANSUhEUgAAAAIAAAACCAIAAAD91JpzAAAAFklEQVR4nGP4z8DAwMDAxMDAwMDAAAANHQEDasKb6QAAAABJRU5ErkJggg=="
+
+
+@server.tool(structured_output=False)
+def rich() -> list[Any]:
+    """Answer with every kind of content block: text, an image, audio, a resource link, an
+    embedded text resource, an embedded binary resource (annotated), and a hostile link."""
+    from mcp.types import (
+        Annotations,
+        AudioContent,
+        BlobResourceContents,
+        EmbeddedResource,
+        ImageContent,
+        ResourceLink,
+        TextContent,
+        TextResourceContents,
+    )
+
+    return [
+        TextContent(type="text", text="a rich answer"),
+        ImageContent(type="image", data=PIXELS, mime_type="image/png", annotations=Annotations(audience=["user"], priority=0.9)),
+        ImageContent(type="image", data=PIXELS, mime_type="image/svg+xml"),
+        AudioContent(type="audio", data="UklGRiQAAABXQVZFZm10IBAAAAABAAEAQB8AAIA+AAACABAAZGF0YQAAAAA=", mime_type="audio/wav"),
+        ResourceLink(
+            type="resource_link", uri="https://example.org/report.pdf", name="The quarterly report", mime_type="application/pdf"
+        ),
+        ResourceLink(type="resource_link", uri="javascript:alert(1)", name="hostile link"),
+        EmbeddedResource(
+            type="resource",
+            resource=TextResourceContents(uri="test://notes.txt", mime_type="text/plain", text="embedded <b>notes</b>"),
+        ),
+        EmbeddedResource(
+            type="resource",
+            resource=BlobResourceContents(uri="test://data.bin", mime_type="application/octet-stream", blob="AAECAw=="),
+        ),
+    ]
+
+
 @server.resource("test://readme", name="readme", mime_type="text/plain")
 def readme() -> str:
     return "the test server's readme"
