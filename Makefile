@@ -17,7 +17,7 @@ CELERY_TEST_REDIS_URL ?= redis://127.0.0.1:6379/15
 # tests, wrk for `make bench`. Installed with apt-get only when missing.
 RUN_DEBS := bubblewrap
 # prometheus: `promtool check rules` over deploy/prometheus/alerts.yml (tests/test_deploy_rules.py).
-DEBS := $(RUN_DEBS) chromium prometheus npm
+DEBS := $(RUN_DEBS) chromium prometheus
 BENCH_DEBS := wrk
 
 .PHONY: run setup install install-dev npm deps run-deps bench-deps services lock lint test test-sqlite test-postgres test-browser bench worker beat
@@ -50,6 +50,9 @@ lock: install-dev
 
 deps:
 	@$(call apt_install,$(DEBS))
+	@# npm for axe-core: Debian's package only where no npm is installed (a Node.js from another
+	@# source, e.g. NodeSource's, conflicts with it).
+	@command -v npm >/dev/null || { $(call apt_install,npm); }
 	@$(MAKE) --no-print-directory npm
 
 # Test-only JavaScript (axe-core for the browser tests' accessibility checks), pinned by
