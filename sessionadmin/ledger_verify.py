@@ -98,7 +98,8 @@ class Entry:
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> Entry:
-        doc = entry_document(**{k: row[k] for k in ENTRY_FIELDS if k not in ("id", "entry_hash")} | {"prev": row["prev_hash"]})
+        fields = {k: row[k] for k in ENTRY_FIELDS if k not in ("id", "prev_hash", "entry_hash")}
+        doc = entry_document(prev=row["prev_hash"], **fields)
         return cls(id=int(row["id"]), seq=int(row["seq"]), prev_hash=row["prev_hash"], entry_hash=row["entry_hash"], document=doc)
 
     def to_json(self) -> dict[str, Any]:
@@ -158,7 +159,7 @@ class Verdict:
 
     def summary(self) -> str:
         if not self.ok:
-            return f"FAILED: {self.message}"
+            return f"FAILED ({self.problem}): {self.message}"
         last = self.last_checkpoint
         cp = f"checkpoint #{last.id} at length {last.length} ({last.at})" if last else "no checkpoint"
         start = f" from anchor {self.anchor}" if self.anchor else ""

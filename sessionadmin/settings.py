@@ -125,7 +125,8 @@ def database_from_url(url: str) -> dict[str, object]:
 
 def sqlite_database(path: Path) -> dict[str, object]:
     return {
-        "ENGINE": "django.db.backends.sqlite3",
+        # Django's SQLite backend, flushing the audit ledger's head first (see the module).
+        "ENGINE": "sessionadmin.backends.sqlite3",
         "NAME": path,
         "OPTIONS": {
             # BEGIN IMMEDIATE takes the write lock at the start of every transaction, so the

@@ -68,12 +68,12 @@ SQLITE_DOWN = [
 
 def install_triggers(apps, schema_editor):
     for sql in PG_UP if schema_editor.connection.vendor == "postgresql" else SQLITE_UP:
-        schema_editor.execute(sql)
+        schema_editor.execute(sql, params=None)
 
 
 def remove_triggers(apps, schema_editor):
     for sql in PG_DOWN if schema_editor.connection.vendor == "postgresql" else SQLITE_DOWN:
-        schema_editor.execute(sql)
+        schema_editor.execute(sql, params=None)
 
 
 def chain_existing(apps, schema_editor):
