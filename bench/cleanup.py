@@ -31,7 +31,8 @@ from django.conf import settings
 from bench import command
 
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
-PG_BENCH_DB = "sessionadmin_bench_cleanup"
+# Per run: benchmarks of several checkouts may share one PostgreSQL server.
+PG_BENCH_DB = f"sessionadmin_bench_cleanup_{os.getpid()}"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 FILES_PER_WORKSPACE = 3
 

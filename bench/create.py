@@ -34,7 +34,8 @@ PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 # sequence numbers come from a range of their own, far above the manager's chain, so the floor
 # stays the yardstick of the machine, not of the ledger. (The bench database is thrown away.)
 _FLOOR_SEQ = itertools.count(10**15)
-PG_BENCH_DB = "sessionadmin_bench_create"
+# Per run: benchmarks of several checkouts may share one PostgreSQL server.
+PG_BENCH_DB = f"sessionadmin_bench_create_{os.getpid()}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -205,8 +206,9 @@ def raw_rate(count: int) -> float:
     s_table, a_table = AgentSession._meta.db_table, AuditEntry._meta.db_table
     session_sql = (
         f"INSERT INTO {s_table} (id, user_id, org_id, workspace_path, system_prompt, prompt_provenance, variables, status, "
-        "created_at, created_by, last_active_at, ended_by, end_reason, last_error, cleanup_attempts, pin_reason, pinned_by) "
-        "VALUES (%s, %s, 'bench', %s, '', '[]', '{}', 'active', %s, 'bench', %s, '', '', '', 0, '', '')"
+        "created_at, created_by, last_active_at, ended_by, end_reason, last_error, cleanup_attempts, pin_reason, pinned_by, "
+        "gateway) "
+        "VALUES (%s, %s, 'bench', %s, '', '[]', '{}', 'active', %s, 'bench', %s, '', '', '', 0, '', '', '')"
     )
     audit_sql = (
         f"INSERT INTO {a_table} (at, actor, user_id, org_id, event_type, session_id, details, seq, prev_hash, entry_hash) "

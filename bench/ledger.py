@@ -28,7 +28,8 @@ from django.conf import settings
 from bench import REPO, command
 
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
-PG_BENCH_DB = "sessionadmin_bench_ledger"
+# Per run: benchmarks of several checkouts may share one PostgreSQL server.
+PG_BENCH_DB = f"sessionadmin_bench_ledger_{os.getpid()}"
 SEED_BATCH = 5000
 
 

@@ -16,7 +16,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 VERSION = "v1"
@@ -30,7 +30,7 @@ _INTEGRAL_FLOAT_LIMIT = 1e15
 def format_time(value: datetime) -> str:
     if value.tzinfo is None:
         raise ValueError("audit times must be timezone-aware")
-    return value.astimezone(timezone.utc).strftime(TIME_FORMAT)
+    return value.astimezone(UTC).strftime(TIME_FORMAT)
 
 
 def _normal(value: Any) -> Any:
@@ -298,7 +298,8 @@ def _walk(rows: Iterator[Entry], by_length: dict[int, Checkpoint], verdict: Verd
         if length > verdict.head_seq and length > verdict.anchor:
             raise _Failure(
                 "checkpoint contradicted",
-                f"checkpoint #{cp.id} covers {length} entries but the ledger ends at seq {verdict.head_seq} (entries missing at the end)",
+                f"checkpoint #{cp.id} covers {length} entries but the ledger ends at seq {verdict.head_seq} "
+                "(entries missing at the end)",
                 seq=verdict.head_seq + 1,
                 cp=cp.id,
             )
@@ -340,7 +341,8 @@ def verify_bundle(lines: Iterable[str], *, extra_checkpoints: Iterable[Checkpoin
                 ok=False,
                 problem="checkpoint missing",
                 checkpoint_id=extra.id,
-                message=f"checkpoint #{extra.id} (length {extra.length}) of the external file is missing or altered in the bundle",
+                message=f"checkpoint #{extra.id} (length {extra.length}) of the external file "
+                "is missing or altered in the bundle",
             )
     entries = (Entry.from_json(json.loads(line)) for line in it if line.strip())
     return verify(entries, cps, key)

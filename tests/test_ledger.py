@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import importlib
 import json
-from io import StringIO
 import os
 import stat
 import subprocess
@@ -14,6 +13,7 @@ import sys
 import tempfile
 import uuid
 from datetime import UTC, datetime, timedelta
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,12 @@ from django.db import DatabaseError, connection, transaction
 from django.test import override_settings
 from django.urls import reverse
 
-from sessionadmin import audit, ledger, maintenance
+from sessionadmin import audit, ledger, maintenance, tasks
 from sessionadmin import ledger_verify as lv
 from sessionadmin.models import AuditCheckpoint, AuditEntry, AuditVerification
 from tests.base import BaseTestCase, BaseTransactionTestCase, database_url
 from tests.test_concurrency import READY_TIMEOUT, StartBarrier, check_ran_together
+from tests.test_tasks_worker import WorkerTestCase
 
 REPO = Path(__file__).resolve().parent.parent
 MIGRATION = importlib.import_module("sessionadmin.migrations.0013_ledger")
@@ -74,7 +75,7 @@ def standalone(bundle: Path, *extra: str) -> tuple[int, str, list[str]]:
     done = subprocess.run([sys.executable, "-c", code], cwd="/", env=env, capture_output=True, text=True, timeout=120)
     lines = done.stdout.strip().splitlines()
     assert lines and lines[-1].startswith("IMPORTED "), done.stderr[-2000:]
-    imported = eval(lines[-1].removeprefix("IMPORTED "))  # noqa: S307 - our own repr of a list of names
+    imported = eval(lines[-1].removeprefix("IMPORTED "))
     assert done.returncode in (0, 1), done.stderr[-2000:]
     return done.returncode, "\n".join(lines[:-1]), imported
 
@@ -222,7 +223,7 @@ class CheckpointTestCase(LedgerTestCase):
         page = self.client.get(reverse("admin:sessionadmin_auditcheckpoint_changelist"))
         key = self.client.get(reverse("admin:sessionadmin_audit_public_key"))
 
-        self.assertContains(page, f'<td id="ledger-length">2</td>', html=False)
+        self.assertContains(page, '<td id="ledger-length">2</td>', html=False)
         self.assertContains(page, ledger.head()[1])
         self.assertContains(page, "OK: 2 entries verified")
         self.assertContains(page, "BEGIN PUBLIC KEY")
@@ -289,7 +290,8 @@ class TamperingTestCase(LedgerTestCase):
         forged = AuditEntry(actor="mallory", event_type="forged", at=T0, details={})
         digest = lv.entry_hash(ledger.document_of(forged, seq=4, prev=prev))
         tamper(
-            "INSERT INTO sessionadmin_auditentry (at, actor, user_id, org_id, event_type, session_id, details, seq, prev_hash, entry_hash)"
+            "INSERT INTO sessionadmin_auditentry"
+            " (at, actor, user_id, org_id, event_type, session_id, details, seq, prev_hash, entry_hash)"
             " VALUES (%s, 'mallory', '', '', 'forged', NULL, '{}', 4, %s, %s)",
             [connection.ops.adapt_datetimefield_value(T0), prev, digest],
         )
@@ -426,3 +428,24 @@ class ParallelWritersTestCase(BaseTransactionTestCase):
         verdict = ledger.verify()
         self.assertTrue(verdict.ok, verdict.message)
         self.assertEqual(verdict.entries, total)
+
+
+class LedgerWorkerTestCase(WorkerTestCase):
+    """The checkpoint task and an auditor's verification, run by a real worker."""
+
+    def test_an_auditor_starts_a_verification_from_the_admin(self) -> None:
+        with transaction.atomic():
+            audit.write([audit.entry("event", actor="alice", details={"n": 1})])
+        tasks.audit_checkpoint.delay()
+        cp = self.wait(lambda: AuditCheckpoint.objects.first(), what="a checkpoint")
+        self.bob.is_staff = True
+        self.bob.save(update_fields=["is_staff"])
+        self.client.force_login(self.bob)
+
+        r = self.client.post(reverse("admin:sessionadmin_audit_verify"))
+
+        self.assertRedirects(r, reverse("admin:sessionadmin_auditcheckpoint_changelist"), fetch_redirect_response=False)
+        run = self.wait(lambda: AuditVerification.objects.filter(finished_at__isnull=False).first(), what="a verification")
+        self.assertEqual((run.ok, run.triggered_by, run.entries_verified, run.last_checkpoint), (True, "admin:bob", 1, cp.pk))
+        page = self.client.get(reverse("admin:sessionadmin_auditcheckpoint_changelist"))
+        self.assertContains(page, "OK: 1 entries verified")
