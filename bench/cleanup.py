@@ -118,6 +118,8 @@ def run_child(db: str, opts: dict[str, Any], sessions: int, *, floor: bool) -> d
             raise ValueError(f"unknown database {db!r} (sqlite or postgres)")
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, check=True)
+        # The filesystem broker's folders (and the rest a machine needs) come from setup.
+        subprocess.run([*manage, "setup"], env=env, check=True, capture_output=True)
         args = [
             *command(),
             "cleanup",

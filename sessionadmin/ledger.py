@@ -94,19 +94,20 @@ def ensure_head() -> None:
     AuditChainHead.objects.bulk_create([AuditChainHead(pk=1, length=length, head_hash=head)], ignore_conflicts=True)
 
 
-@transaction.atomic
 def append(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
-    """Number, chain and insert ``entries`` (unsaved) in the caller's transaction."""
+    """Number, chain and insert ``entries`` (unsaved) in the caller's transaction (one of its
+    own when there is none; no savepoint: a failure here fails the caller's change too)."""
     if not entries:
         return []
-    start, prev = _bump_head(len(entries))
-    for offset, entry in enumerate(entries, start=1):
-        # What the database gives back is what was hashed (tuples become lists, and so on).
-        entry.details = json.loads(json.dumps(entry.details))
-        entry.seq, entry.prev_hash = start + offset, prev
-        entry.entry_hash = prev = lv.entry_hash(document_of(entry, seq=entry.seq, prev=prev))
-    rows = AuditEntry.objects.bulk_create(entries)
-    AuditChainHead.objects.filter(pk=1).update(head_hash=prev)
+    with transaction.atomic(savepoint=False):
+        start, prev = _bump_head(len(entries))
+        for offset, entry in enumerate(entries, start=1):
+            # What the database gives back is what was hashed (tuples become lists, and so on).
+            entry.details = json.loads(json.dumps(entry.details))
+            entry.seq, entry.prev_hash = start + offset, prev
+            entry.entry_hash = prev = lv.entry_hash(document_of(entry, seq=entry.seq, prev=prev))
+        rows = AuditEntry.objects.bulk_create(entries)
+        AuditChainHead.objects.filter(pk=1).update(head_hash=prev)
     return rows
 
 
