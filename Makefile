@@ -102,7 +102,7 @@ services:
 lint: install-dev
 	$(BIN)/ruff check sessionadmin tests bench tools
 	$(BIN)/ruff format --check sessionadmin tests bench tools
-	$(BIN)/mypy sessionadmin bench
+	$(BIN)/mypy sessionadmin bench tools
 
 test-sqlite: install-dev
 	$(PYTEST) --ignore=tests/browser

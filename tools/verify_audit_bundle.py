@@ -18,9 +18,10 @@ import importlib.util
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
-def _load_verifier():  # type: ignore[no-untyped-def]
+def _load_verifier() -> Any:
     here = Path(__file__).resolve().parent
     for candidate in (here / "ledger_verify.py", here.parent / "sessionadmin" / "ledger_verify.py"):
         if candidate.exists():
