@@ -449,3 +449,37 @@ class LedgerWorkerTestCase(WorkerTestCase):
         self.assertEqual((run.ok, run.triggered_by, run.entries_verified, run.last_checkpoint), (True, "admin:bob", 1, cp.pk))
         page = self.client.get(reverse("admin:sessionadmin_auditcheckpoint_changelist"))
         self.assertContains(page, "OK: 1 entries verified")
+
+
+class MigrationTestCase(BaseTransactionTestCase):
+    """Migration 0013 numbers and chains the entries written before the ledger, in id order."""
+
+    def test_it_chains_the_existing_entries(self) -> None:
+        from django.db.migrations.executor import MigrationExecutor
+
+        executor = MigrationExecutor(connection)
+        executor.migrate([("sessionadmin", "0012_mcp_listing_omitted")])
+        old = executor.loader.project_state([("sessionadmin", "0012_mcp_listing_omitted")]).apps
+        OldEntry = old.get_model("sessionadmin", "AuditEntry")
+        for i in range(3):
+            OldEntry.objects.create(actor="alice", event_type=f"before_{i}", at=T0 + timedelta(seconds=i), details={"i": i})
+
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(executor.loader.graph.leaf_nodes())
+
+        self.assertEqual(
+            list(AuditEntry.objects.order_by("seq").values_list("seq", "event_type")),
+            [
+                (1, "before_0"),
+                (2, "before_1"),
+                (3, "before_2"),
+            ],
+        )
+        with transaction.atomic():
+            audit.write([audit.entry("after", actor="alice")])
+        verdict = ledger.verify()
+        self.assertTrue(verdict.ok, verdict.message)
+        self.assertEqual((verdict.entries, ledger.head()[0]), (4, 4))
+        with self.assertRaisesRegex(DatabaseError, "append-only"), transaction.atomic():
+            AuditEntry.objects.filter(seq=1).update(actor="mallory")
