@@ -113,9 +113,9 @@ services:
 	@for i in $$(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
 
 lint: install-dev
-	$(BIN)/ruff check sessionadmin tests bench
-	$(BIN)/ruff format --check sessionadmin tests bench
-	$(BIN)/mypy sessionadmin bench
+	$(BIN)/ruff check sessionadmin tests bench tools
+	$(BIN)/ruff format --check sessionadmin tests bench tools
+	$(BIN)/mypy sessionadmin bench tools
 
 test-sqlite: install-dev
 	$(PYTEST) --ignore=tests/browser

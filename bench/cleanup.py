@@ -31,7 +31,8 @@ from django.conf import settings
 from bench import command
 
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
-PG_BENCH_DB = "sessionadmin_bench_cleanup"
+# Per run: benchmarks of several checkouts may share one PostgreSQL server.
+PG_BENCH_DB = f"sessionadmin_bench_cleanup_{os.getpid()}"
 REDIS_URL = "redis://127.0.0.1:6379/14"
 FILES_PER_WORKSPACE = 3
 
@@ -117,6 +118,8 @@ def run_child(db: str, opts: dict[str, Any], sessions: int, *, floor: bool) -> d
             raise ValueError(f"unknown database {db!r} (sqlite or postgres)")
         manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
         subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, check=True)
+        # The filesystem broker's folders (and the rest a machine needs) come from setup.
+        subprocess.run([*manage, "setup"], env=env, check=True, capture_output=True)
         args = [
             *command(),
             "cleanup",

@@ -18,8 +18,18 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from sessionadmin import lifecycle, prompts, services, tokens
-from sessionadmin.models import AgentSession, ApiToken, AuditEntry, MaintenanceRun, Org, PromptLayer, uuid_prefix_range
+from sessionadmin import ledger, lifecycle, prompts, services, tokens
+from sessionadmin.models import (
+    AgentSession,
+    ApiToken,
+    AuditCheckpoint,
+    AuditEntry,
+    AuditVerification,
+    MaintenanceRun,
+    Org,
+    PromptLayer,
+    uuid_prefix_range,
+)
 from sessionadmin.redaction import Redactor, redact_shown_entries
 from sessionadmin.roles import MANAGE_CATALOG_PERMISSION, OPERATE_PERMISSION
 
@@ -221,7 +231,7 @@ class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
 
     CSV_COLUMNS = ["at", "event_type", "actor", "user_id", "org_id", "session_id", "details"]
 
-    list_display = ["at", "event_type", "actor", "user_id", "org_id", "session_link", "details_short"]
+    list_display = ["seq", "at", "event_type", "actor", "user_id", "org_id", "session_link", "details_short"]
     list_filter = [EventTypeFilter, AuditOrgFilter, ActorFilter]
     date_hierarchy = "at"
     search_fields = ["user_id"]
@@ -301,6 +311,67 @@ class AuditEntryAdmin(SafeDateHierarchy, ReadOnlyAdmin):
         response = StreamingHttpResponse(rows(), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="audit-entries.csv"'
         return response  # type: ignore[return-value]
+
+
+# --- the audit ledger: checkpoints, verifications, public key ----------------------------------
+
+
+@admin.register(AuditCheckpoint)
+class AuditCheckpointAdmin(ReadOnlyAdmin):
+    """Signed checkpoints, with the ledger's state above them: length, head, last checkpoint,
+    last verification, the public key (shown and downloadable) and a button that starts a
+    verification in a worker."""
+
+    list_display = ["id", "length", "head_short", "at", "key_id"]
+    show_full_result_count = False
+
+    @admin.display(description="head hash")
+    def head_short(self, obj: AuditCheckpoint) -> str:
+        return obj.head_hash[:16] + "..."
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path("public-key/", self.admin_site.admin_view(self.public_key_view), name="sessionadmin_audit_public_key"),
+            path("verify/", self.admin_site.admin_view(self.verify_view), name="sessionadmin_audit_verify"),
+            *super().get_urls(),
+        ]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+        context = {**(extra_context or {}), "ledger": ledger.state()}
+        try:
+            context["public_key_pem"] = ledger.public_key_pem()
+        except Exception as exc:  # no key yet: say so instead of failing the page
+            context["public_key_error"] = str(exc)
+        context["may_verify"] = request.user.has_perm("sessionadmin.view_auditverification")
+        return super().changelist_view(request, extra_context=context)
+
+    def public_key_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            return HttpResponse(status=403)
+        response = HttpResponse(ledger.public_key_pem(), content_type="application/x-pem-file")
+        response["Content-Disposition"] = 'attachment; filename="sessionadmin-audit-public-key.pem"'
+        return response
+
+    def verify_view(self, request: HttpRequest) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponse(status=405)
+        if not request.user.has_perm("sessionadmin.view_auditverification"):
+            return HttpResponse(status=403)
+        from sessionadmin import tasks
+
+        try:
+            tasks.audit_verify.apply_async(kwargs={"triggered_by": f"admin:{request.user.get_username()}"})
+        except Exception:  # kombu raises transport-specific errors
+            messages.error(request, "The task queue (broker) is unreachable: no verification was started.")
+        else:
+            messages.success(request, "Verification started; its result appears under Audit verifications.")
+        return HttpResponseRedirect(reverse("admin:sessionadmin_auditcheckpoint_changelist"))
+
+
+@admin.register(AuditVerification)
+class AuditVerificationAdmin(ReadOnlyAdmin):
+    list_display = ["started_at", "finished_at", "triggered_by", "ok", "entries_verified", "head_seq", "problem", "failing_seq"]
+    list_filter = ["ok"]
 
 
 # --- MCP servers and clients ----------------------------------------------------------------

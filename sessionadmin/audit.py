@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from django.db import transaction
 from django.utils import timezone
 
+from sessionadmin import ledger
 from sessionadmin.models import AuditEntry
 
 logger = logging.getLogger(__name__)
@@ -59,8 +60,10 @@ def session_entry(
 
 
 def write(entries: Iterable[AuditEntry], *, sink: AuditLogger | None = None) -> list[AuditEntry]:
-    """Insert entries in the caller's transaction; forward them to ``sink`` after commit."""
-    rows = AuditEntry.objects.bulk_create(list(entries))
+    """Insert entries in the caller's transaction, chained into the ledger (``ledger.append``:
+    call this last in the transaction, it serialises every audit writer); forward them to
+    ``sink`` after commit."""
+    rows = ledger.append(list(entries))
     if sink is not None and rows:
         transaction.on_commit(lambda: forward(sink, rows))
     return rows

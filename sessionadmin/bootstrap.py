@@ -5,7 +5,8 @@
 - the secret key file, unless ``SESSIONADMIN_SECRET_KEY`` gives the key: web, worker and beat
   read the same file, so sessions, CSRF tokens and the MCP secrets encrypted at rest survive
   a restart and every process agrees on them;
-- the folders of kombu's ``filesystem://`` broker, when that is the broker.
+- the folders of kombu's ``filesystem://`` broker, when that is the broker;
+- the audit ledger's Ed25519 signing key (0600) and its checkpoint folder.
 """
 
 from __future__ import annotations
@@ -72,6 +73,16 @@ def prepare() -> list[str]:
             created.append(str(folder))
     if not has_secret_key() and write_secret_key(Path(settings.SECRET_KEY_FILE)):
         created.append(f"{settings.SECRET_KEY_FILE} (new secret key)")
+    from sessionadmin.ledger import write_signing_key
+
+    key_file = Path(settings.SESSIONADMIN_AUDIT_SIGNING_KEY_FILE)
+    key_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if write_signing_key(key_file):
+        created.append(f"{key_file} (new audit signing key)")
+    checkpoints = Path(settings.SESSIONADMIN_AUDIT_CHECKPOINT_DIR)
+    if not checkpoints.is_dir():
+        checkpoints.mkdir(mode=0o700, parents=True)
+        created.append(str(checkpoints))
     return created
 
 

@@ -27,7 +27,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from sessionadmin import audit, lifecycle, metrics, workspaces
+from sessionadmin import audit, ledger, lifecycle, metrics, workspaces
 from sessionadmin.lifecycle import (
     INACTIVITY_ACTOR,
     INACTIVITY_CLEANUP,
@@ -37,7 +37,7 @@ from sessionadmin.lifecycle import (
     iter_idle,
     start_run,
 )
-from sessionadmin.models import AgentSession, AuditEntry, MaintenanceRun, ServiceHeartbeat
+from sessionadmin.models import AgentSession, AuditCheckpoint, AuditEntry, MaintenanceRun, ServiceHeartbeat
 from sessionadmin.validation import MIN_IDLE_TIMEOUT_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -462,7 +462,8 @@ def purge_history(*, triggered_by: str = "beat", now: datetime | None = None, wo
 
     ``AuditEntry.delete()`` raises on purpose (the trail is append-only for the application);
     this is the one place that removes entries, with a QuerySet delete, which issues the SQL
-    DELETE without calling the model method."""
+    DELETE without calling the model method. Audit entries go only up to a signed checkpoint,
+    through the ledger's purge path (``purge_audit``): the database refuses any other deletion."""
     now = now or timezone.now()
     run = start_run(HISTORY_PURGE, triggered_by=triggered_by, now=now, worker=worker)
     counts = {"sessions_purged": 0, "runs_purged": 0, "audit_entries_purged": 0}
@@ -475,11 +476,45 @@ def purge_history(*, triggered_by: str = "beat", now: datetime | None = None, wo
         counts["sessions_purged"] = _delete_in_chunks(old, AgentSession, "sessions", policy)
         runs = MaintenanceRun.objects.filter(started_at__lt=cutoff).exclude(pk=run.pk)
         counts["runs_purged"] = _delete_in_chunks(runs, MaintenanceRun, "runs", policy)
+    report: dict[str, Any] = {"history_retention_days": days, "audit_retention_days": audit_days}
     if audit_days > 0:
-        counts["audit_entries_purged"] = _delete_in_chunks(
-            AuditEntry.objects.filter(at__lt=now - timedelta(days=audit_days)), AuditEntry, "audit_entries", policy
+        counts["audit_entries_purged"], report["audit_anchor"] = purge_audit(
+            older_than=now - timedelta(days=audit_days), policy=policy
         )
-    return finish_run(run, counts=counts, report={"history_retention_days": days, "audit_retention_days": audit_days})
+    return finish_run(run, counts=counts, report=report)
+
+
+def purge_audit(*, older_than: datetime, policy: dict[str, int]) -> tuple[int, int | None]:
+    """Delete audit entries older than ``older_than`` that a signed checkpoint covers, one
+    checkpoint interval per transaction, oldest first: after each step the oldest entry left
+    follows a checkpoint exactly (the anchor verification starts from), so a purge that dies
+    half-way still leaves a verifiable ledger. Entries newer than the newest such checkpoint
+    wait for the next run. Returns (entries deleted, the anchor checkpoint's id)."""
+    anchor = ledger.purge_anchor(older_than=older_than)
+    if anchor is None:
+        return 0, None
+    total = 0
+    oldest = AuditEntry.objects.order_by("seq").values_list("seq", flat=True).first() or anchor.length + 1
+    steps = list(
+        AuditCheckpoint.objects.filter(length__gte=oldest, length__lt=anchor.length)
+        .order_by("length")
+        .values_list("length", flat=True)
+    )
+    for through in dict.fromkeys([*steps, anchor.length]):
+        cp = AuditCheckpoint.objects.filter(length=through).order_by("id").first()
+        with transaction.atomic():
+            deleted = ledger.purge_through(through)
+            if deleted:
+                details = {
+                    "what": "audit_entries",
+                    "count": deleted,
+                    "through_seq": through,
+                    "anchor_checkpoint": cp.pk if cp else None,
+                    **policy,
+                }
+                audit.write([audit.entry("history_purged", actor=PURGE_ACTOR, details=details)])
+        total += deleted
+    return total, anchor.pk
 
 
 def _delete_in_chunks(qs: Any, model: Any, what: str, policy: dict[str, int]) -> int:

@@ -953,6 +953,14 @@ def record_attached(
         )
         _apply_snapshot(client, snapshot, now, redactor)
         client.save(force_insert=True)
+        try:
+            write_mcp_json(session, actor=actor)
+        except OSError as exc:
+            raise McpOperationFailed(
+                f"cannot write {MCP_JSON} in the workspace: {exc.strerror or exc}", kind="workspace"
+            ) from exc
+        _touch(session.id, now)
+        # Last: the ledger head lock serialises every audit writer.
         audit.write(
             [
                 _mcp_entry(
@@ -974,13 +982,6 @@ def record_attached(
                 )
             ]
         )
-        try:
-            write_mcp_json(session, actor=actor)
-        except OSError as exc:
-            raise McpOperationFailed(
-                f"cannot write {MCP_JSON} in the workspace: {exc.strerror or exc}", kind="workspace"
-            ) from exc
-        _touch(session.id, now)
     return client
 
 

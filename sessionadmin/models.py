@@ -358,6 +358,33 @@ class AgentSession(models.Model):
         return deadline
 
 
+class AuditChainHead(models.Model):
+    """The one row (pk 1) holding the ledger's length and the hash of its last entry. Every
+    audit write starts by *writing* it (``UPDATE ... SET length = length + n``): on PostgreSQL
+    that takes its row lock, on SQLite the database write lock, so writers from every process
+    queue there and the chain stays linear. Declared before AuditEntry on purpose: Django's
+    flush empties tables in declaration order, and on SQLite the audit table's delete trigger
+    lets a flush through once this row is gone (see migration 0013)."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    length = models.BigIntegerField(default=0)
+    head_hash = models.CharField(max_length=64)
+
+    def __str__(self) -> str:
+        return f"audit ledger head at {self.length}"
+
+
+class AuditPurgeMarker(models.Model):
+    """SQLite has no session variables: the retention purge inserts a row here within its
+    transaction (and deletes it before commit) so the audit table's delete trigger lets it
+    through. PostgreSQL uses ``SET LOCAL sessionadmin.audit_purge`` instead."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+
+    def __str__(self) -> str:
+        return "audit purge in progress"
+
+
 class AuditEntryQuerySet(models.QuerySet["AuditEntry"]):
     def for_session(self, session_id: uuid.UUID | str) -> AuditEntryQuerySet:
         return self.filter(session_id=session_id).order_by("at", "id")
@@ -375,6 +402,11 @@ class AuditEntry(models.Model):
     event_type = models.CharField(max_length=64)
     session_id = models.UUIDField(null=True, blank=True)
     details = models.JSONField(default=dict, blank=True)
+    # The ledger (sessionadmin/ledger.py): position, the previous entry's hash and this entry's
+    # hash over the canonical form of every field above (sessionadmin/ledger_verify.py).
+    seq = models.BigIntegerField(unique=True)
+    prev_hash = models.CharField(max_length=64, default="")
+    entry_hash = models.CharField(max_length=64, default="")
 
     objects = AuditEntryQuerySet.as_manager()
 
@@ -399,10 +431,64 @@ class AuditEntry(models.Model):
     def save(self, *args: Any, **kwargs: Any) -> None:
         if not self._state.adding:
             raise PermissionError("audit entries are append-only")
+        if self.seq is None:
+            # Only the ledger numbers and chains an entry (in the caller's transaction).
+            from sessionadmin import ledger
+
+            ledger.append([self])
+            return
         super().save(*args, **kwargs)
 
     def delete(self, *args: Any, **kwargs: Any) -> Any:
         raise PermissionError("audit entries are append-only")
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement of the ledger's state: Ed25519 over (length, head hash, time, the
+    previous checkpoint's signature), with a key kept outside the database. Also appended to
+    a JSON-lines file outside the database. Append-only (triggers, migration 0013); the oldest
+    one still covering purged entries is the anchor verification starts from."""
+
+    length = models.BigIntegerField()
+    head_hash = models.CharField(max_length=64)
+    at = models.CharField(max_length=32, help_text="UTC time as signed (YYYY-MM-DDTHH:MM:SS.ffffffZ)")
+    prev_signature = models.CharField(max_length=128, blank=True)
+    signature = models.CharField(max_length=128, unique=True)
+    key_id = models.CharField(max_length=16, help_text="First 16 hex digits of the SHA-256 of the raw public key")
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # Anchor lookup (length just before the oldest entry) and checkpoint walk by length.
+            models.Index(fields=["length"], name="audit_checkpoint_length_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"checkpoint #{self.pk} at length {self.length}"
+
+
+class AuditVerification(models.Model):
+    """One run of ``audit_verify`` (daily beat task, an auditor's request, or the command)."""
+
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    triggered_by = models.CharField(max_length=200)
+    ok = models.BooleanField(null=True)
+    entries_verified = models.BigIntegerField(default=0)
+    head_seq = models.BigIntegerField(default=0)
+    head_hash = models.CharField(max_length=64, blank=True)
+    last_checkpoint = models.BigIntegerField(null=True, blank=True)
+    problem = models.CharField(max_length=64, blank=True)
+    failing_seq = models.BigIntegerField(null=True, blank=True)
+    failing_entry_id = models.BigIntegerField(null=True, blank=True)
+    message = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        state = "running" if self.ok is None else ("intact" if self.ok else f"FAILED ({self.problem})")
+        return f"verification {self.started_at:%Y-%m-%d %H:%M} {state}"
 
 
 def stdio_command_refusal(command: str) -> str:

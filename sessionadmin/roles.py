@@ -16,7 +16,20 @@ OPERATE_PERMISSION = "sessionadmin.operate_sessions"
 ADHOC_MCP_PERMISSION = "sessionadmin.attach_adhoc_mcp"
 MANAGE_CATALOG_PERMISSION = "sessionadmin.manage_mcp_catalog"
 
-_VIEW_MODELS = ["org", "agentsession", "promptlayer", "auditentry", "mcpserver", "mcpclient", "maintenancerun", "apitoken"]
+# Viewers are the auditors too: they read the ledger's checkpoints and verifications, and may
+# start a verification (it changes nothing).
+_VIEW_MODELS = [
+    "org",
+    "agentsession",
+    "promptlayer",
+    "auditentry",
+    "auditcheckpoint",
+    "auditverification",
+    "mcpserver",
+    "mcpclient",
+    "maintenancerun",
+    "apitoken",
+]
 # Operators do not get add/change/delete of MCP servers: a catalog entry decides which command
 # runs on the host or which address the dashboard connects to (issue 11).
 _OPERATOR_EXTRA = [

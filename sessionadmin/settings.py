@@ -126,7 +126,8 @@ def database_from_url(url: str) -> dict[str, object]:
 
 def sqlite_database(path: Path) -> dict[str, object]:
     return {
-        "ENGINE": "django.db.backends.sqlite3",
+        # Django's SQLite backend, flushing the audit ledger's head first (see the module).
+        "ENGINE": "sessionadmin.backends.sqlite3",
         "NAME": path,
         "OPTIONS": {
             # BEGIN IMMEDIATE takes the write lock at the start of every transaction, so the
@@ -293,6 +294,12 @@ SESSIONADMIN_SECRETS_KEY = env_str("SESSIONADMIN_SECRETS_KEY", "")
 SESSIONADMIN_HISTORY_RETENTION_DAYS = env_int("SESSIONADMIN_HISTORY_RETENTION_DAYS", 90, minimum=0)
 # Audit entries older than this are purged; 0 (the default) keeps them forever.
 SESSIONADMIN_AUDIT_RETENTION_DAYS = env_int("SESSIONADMIN_AUDIT_RETENTION_DAYS", 0, minimum=0)
+# The audit ledger's Ed25519 signing key (PKCS#8 PEM, 0600), written by ``manage.py setup``
+# like the secret key; keep it outside the database (and its backups).
+SESSIONADMIN_AUDIT_SIGNING_KEY_FILE = env_path("SESSIONADMIN_AUDIT_SIGNING_KEY_FILE", VAR_DIR / "audit_signing_key.pem")
+# Where each signed checkpoint is also appended (``audit-checkpoints.jsonl``). In production,
+# ship that file to storage the database's users cannot rewrite (see the README).
+SESSIONADMIN_AUDIT_CHECKPOINT_DIR = env_path("SESSIONADMIN_AUDIT_CHECKPOINT_DIR", VAR_DIR / "audit_checkpoints")
 # Workspace directories with no live session are removed once older than this.
 SESSIONADMIN_ORPHAN_GRACE_SECONDS = env_int("SESSIONADMIN_ORPHAN_GRACE_SECONDS", 3600, minimum=0)
 SESSIONADMIN_CLEANUP_BATCH_SIZE = env_int("SESSIONADMIN_CLEANUP_BATCH_SIZE", 500, minimum=1)

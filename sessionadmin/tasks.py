@@ -14,7 +14,7 @@ from typing import Any
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from sessionadmin import lifecycle, maintenance, metrics
+from sessionadmin import ledger, lifecycle, maintenance, metrics
 from sessionadmin.lifecycle import INACTIVITY_ACTOR, WORKSPACE_REMOVAL, WorkspaceRemovalError
 
 REMOVAL_POLICY: dict[str, Any] = {
@@ -84,3 +84,16 @@ def heartbeat(self: Any) -> None:
     """Sent by beat every 30 s: beat records its own heartbeat when it publishes this task
     (see celery.py), the worker that runs it records the worker's."""
     maintenance.record_heartbeat("worker", details={"hostname": self.request.hostname or ""})
+
+
+@shared_task(bind=True, acks_late=True, soft_time_limit=120, time_limit=130)
+def audit_checkpoint(self: Any) -> int | None:
+    """Sign the audit ledger's state (every 5 minutes by default; skipped when nothing changed)."""
+    cp = ledger.checkpoint()
+    return cp.pk if cp else None
+
+
+@shared_task(bind=True, acks_late=True, soft_time_limit=3000, time_limit=3060)
+def audit_verify(self: Any, triggered_by: str = "beat") -> int:
+    """Verify the whole ledger and record the result (daily, or an auditor's request)."""
+    return ledger.record_verification(triggered_by=triggered_by).pk

@@ -164,6 +164,8 @@ class CeleryWorker:
             DATABASE_URL=database_url(),
             SESSIONADMIN_VAR_DIR=str(self.tmp / "var"),
             SESSIONADMIN_SECRET_KEY=str(settings.SECRET_KEY),
+            # The audit ledger's signing key too: checkpoints made by the worker verify here.
+            SESSIONADMIN_AUDIT_SIGNING_KEY_FILE=str(settings.SESSIONADMIN_AUDIT_SIGNING_KEY_FILE),
             SESSIONADMIN_WORKSPACE_ROOT=str(self.workspace_root),
             SESSIONADMIN_CELERY_QUEUE=self.queue,
             SESSIONADMIN_LOG_LEVEL="INFO",

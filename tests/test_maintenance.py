@@ -12,7 +12,7 @@ from pathlib import Path
 import time_machine
 from django.test import override_settings
 
-from sessionadmin import lifecycle, maintenance
+from sessionadmin import ledger, lifecycle, maintenance
 from sessionadmin.models import AgentSession, AuditEntry, MaintenanceRun, McpClient, Org, ServiceHeartbeat
 from tests.base import BaseTestCase
 from tests.celery_worker import QueueProbe
@@ -243,6 +243,7 @@ class PurgeTestCase(MaintenanceTestCase):
     @override_settings(SESSIONADMIN_HISTORY_RETENTION_DAYS=0, SESSIONADMIN_AUDIT_RETENTION_DAYS=10)
     def test_it_purges_audit_entries_only_past_their_own_retention(self) -> None:
         AuditEntry.objects.create(actor="alice", event_type="old", at=NOW - timedelta(days=11))
+        anchor = ledger.checkpoint(now=NOW - timedelta(days=11))
         AuditEntry.objects.create(actor="alice", event_type="new", at=NOW - timedelta(days=9))
 
         with time_machine.travel(NOW, tick=False):
@@ -250,6 +251,17 @@ class PurgeTestCase(MaintenanceTestCase):
 
         self.assertEqual(sorted(AuditEntry.objects.values_list("event_type", flat=True)), ["history_purged", "new"])
         self.assertEqual(run.counts["audit_entries_purged"], 1)
+        self.assertEqual(run.report["audit_anchor"], anchor.pk)
+        self.assertTrue(ledger.verify().ok)
+
+    def test_it_keeps_audit_entries_no_checkpoint_covers(self) -> None:
+        AuditEntry.objects.create(actor="alice", event_type="old", at=NOW - timedelta(days=11))
+
+        with time_machine.travel(NOW, tick=False):
+            run = maintenance.purge_history()
+
+        self.assertEqual(list(AuditEntry.objects.values_list("event_type", flat=True)), ["old"])
+        self.assertEqual(run.counts["audit_entries_purged"], 0)
 
 
 class HealthAndLivenessTestCase(MaintenanceTestCase):
