@@ -169,6 +169,16 @@ def command(
         "--hostname",
         "mcp-sandbox",
     ]
+    # /proc, /dev and the private /tmp first: a read-only path under /tmp (a checkout there)
+    # bound before the tmpfs would be hidden by it.
+    args += [
+        "--proc",
+        "/proc",
+        "--dev",
+        "/dev",
+        "--tmpfs",
+        "/tmp",  # noqa: S108 (a tmpfs of its own inside the sandbox)
+    ]
     for path in SYSTEM_DIRS:
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
@@ -181,12 +191,6 @@ def command(
         # keeps the prefix its interpreter expects.
         args += ["--ro-bind", os.path.realpath(path), path]
     args += [
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/tmp",  # noqa: S108 (a tmpfs of its own inside the sandbox)
         "--bind",
         workspace,
         WORKSPACE,
