@@ -155,11 +155,13 @@ class SandboxedFilesTests(WorkspaceMixin):
 
     def test_a_read_only_path_under_tmp_is_not_hidden_by_the_private_tmp(self) -> None:
         # A checkout (and its venv) under /tmp: the sandbox's own /tmp must not cover it.
-        with tempfile.TemporaryDirectory(dir="/tmp") as folder:
+        with tempfile.TemporaryDirectory(dir="/tmp") as folder, tempfile.TemporaryDirectory(dir="/tmp") as other:
             (Path(folder) / "tool.txt").write_text("under tmp")
             target = hostile_target(str(self.workspace), read_only_paths=(*SANDBOX_PATHS, folder))
             self.assertEqual(call(target, "read_file", path=f"{folder}/tool.txt"), "under tmp")
-            self.assertEqual(call(target, "list_dir", path="/tmp"), [Path(folder).name])
+            listing = call(target, "list_dir", path="/tmp")
+            self.assertIn(Path(folder).name, listing)
+            self.assertNotIn(Path(other).name, listing)  # the rest of the host's /tmp stays out
 
     def test_its_read_only_paths_are_read_only(self) -> None:
         target = hostile_target(str(self.workspace))

@@ -244,16 +244,17 @@ class Upstream:
                 # Past the handshake an HTTP failure may say more than "no MCP server answered"
                 # (the URL policy keeps errors before it vague: no port scanning through us).
                 self._probe.connected = True
-                snapshot = await mcp_client.snapshot_of(client)
-                scope.deadline = math.inf
-                self.client, self.snapshot, self.last_error = client, snapshot, ""
-                self.first_result.set()
-                if self.pending:
-                    await self._activated.wait()
                 async with anyio.create_task_group() as tg:
-                    # Subscribed before anyone can call: a tool that changes the listing on its
-                    # first call must not notify a stream that is not there yet.
+                    # Subscribed to list changes (within the handshake's deadline) before the
+                    # listing and before anyone can call: a change from then on is seen, even
+                    # one a tool makes on its very first call.
                     await tg.start(self._listen_for_changes, client)
+                    snapshot = await mcp_client.snapshot_of(client)
+                    scope.deadline = math.inf
+                    self.client, self.snapshot, self.last_error = client, snapshot, ""
+                    self.first_result.set()
+                    if self.pending:
+                        await self._activated.wait()
                     tg.start_soon(self._relister, client)
                     self.state = CONNECTED
                     if reconnecting:
