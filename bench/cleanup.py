@@ -28,7 +28,7 @@ from typing import Any
 
 from django.conf import settings
 
-from bench import command
+from bench import command, scratch_database
 
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 # Per run: benchmarks of several checkouts may share one PostgreSQL server.
@@ -92,7 +92,6 @@ def run(out: Any, **opts: Any) -> None:
 
 def run_child(db: str, opts: dict[str, Any], sessions: int, *, floor: bool) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="sessionadmin-bench-cleanup-"))
-    admin = None
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DATABASE_URL", "SESSIONADMIN_"))},
         "SESSIONADMIN_VAR_DIR": str(tmp / "var"),
@@ -103,41 +102,29 @@ def run_child(db: str, opts: dict[str, Any], sessions: int, *, floor: bool) -> d
         "SESSIONADMIN_MAX_CONCURRENT": "0",
         "PYTHONUNBUFFERED": "1",
     }
+    if db == "postgres":
+        env["CELERY_BROKER_URL"] = opts["redis_url"]
     try:
-        if db == "sqlite":
-            env["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
-        elif db == "postgres":
-            import psycopg
-
-            admin = psycopg.connect(opts["pg_admin_url"], autocommit=True)
-            admin.execute(f'DROP DATABASE IF EXISTS "{PG_BENCH_DB}" WITH (FORCE)')
-            admin.execute(f'CREATE DATABASE "{PG_BENCH_DB}"')
-            env["DATABASE_URL"] = opts["pg_admin_url"].rsplit("/", 1)[0] + f"/{PG_BENCH_DB}"
-            env["CELERY_BROKER_URL"] = opts["redis_url"]
-        else:
-            raise ValueError(f"unknown database {db!r} (sqlite or postgres)")
-        manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
-        subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, check=True)
-        # The filesystem broker's folders (and the rest a machine needs) come from setup.
-        subprocess.run([*manage, "setup"], env=env, check=True, capture_output=True)
-        args = [
-            *command(),
-            "cleanup",
-            "--inner",
-            "--sessions",
-            str(sessions),
-            "--concurrency",
-            str(opts["concurrency"]),
-        ]
-        args += ["--batch-size", str(opts["batch_size"])] + (["--floor"] if floor else [])
-        done = subprocess.run(args, env=env, check=True, capture_output=True, text=True, cwd=settings.BASE_DIR)
-        return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+        with scratch_database(db, tmp, opts["pg_admin_url"], PG_BENCH_DB) as env["DATABASE_URL"]:
+            manage = [sys.executable, str(Path(settings.BASE_DIR) / "manage.py")]
+            subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, check=True)
+            # The filesystem broker's folders (and the rest a machine needs) come from setup.
+            subprocess.run([*manage, "setup"], env=env, check=True, capture_output=True)
+            args = [
+                *command(),
+                "cleanup",
+                "--inner",
+                "--sessions",
+                str(sessions),
+                "--concurrency",
+                str(opts["concurrency"]),
+            ]
+            args += ["--batch-size", str(opts["batch_size"])] + (["--floor"] if floor else [])
+            done = subprocess.run(args, env=env, check=True, capture_output=True, text=True, cwd=settings.BASE_DIR)
+            return dict(json.loads(done.stdout.strip().splitlines()[-1]))
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(f"the {db} child failed:\n{(exc.stderr or '')[-3000:]}") from exc
     finally:
-        if admin is not None:
-            admin.execute(f'DROP DATABASE IF EXISTS "{PG_BENCH_DB}" WITH (FORCE)')
-            admin.close()
         if "CELERY_BROKER_URL" in env:
             import redis
 

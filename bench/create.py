@@ -27,7 +27,7 @@ from typing import Any
 
 from django.conf import settings
 
-from bench import REPO, command
+from bench import REPO, command, scratch_database
 
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 # The floors insert the same audit row as before the ledger (one INSERT, no chain head): their
@@ -77,42 +77,28 @@ def run_child(db: str, opts: dict[str, Any]) -> dict[str, Any]:
         "SESSIONADMIN_SECRET_KEY": settings.SECRET_KEY,
         "SESSIONADMIN_LOG_LEVEL": "WARNING",
     }
-    admin = None
     try:
-        if db == "sqlite":
-            env["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
-        elif db == "postgres":
-            import psycopg
-
-            admin = psycopg.connect(opts["pg_admin_url"].replace("postgres://", "postgresql://"), autocommit=True)
-            admin.execute(f'DROP DATABASE IF EXISTS "{PG_BENCH_DB}"')
-            admin.execute(f'CREATE DATABASE "{PG_BENCH_DB}"')
-            env["DATABASE_URL"] = opts["pg_admin_url"].rsplit("/", 1)[0] + f"/{PG_BENCH_DB}"
-        else:
-            raise ValueError(f"unknown database {db!r} (sqlite or postgres)")
-        manage = Path(settings.BASE_DIR) / "manage.py"
-        subprocess.run([sys.executable, str(manage), "migrate", "-v0"], env=env, check=True)
-        proc = subprocess.run(
-            [
-                *command(),
-                "create",
-                "--inner",
-                "--count",
-                str(opts["count"]),
-                "--preseed",
-                str(opts["preseed"]),
-            ],
-            env=env,
-            check=True,
-            capture_output=True,
-            text=True,
-            cwd=REPO,
-        )
-        return json.loads(proc.stdout.strip().splitlines()[-1])
+        with scratch_database(db, tmp, opts["pg_admin_url"], PG_BENCH_DB) as env["DATABASE_URL"]:
+            manage = Path(settings.BASE_DIR) / "manage.py"
+            subprocess.run([sys.executable, str(manage), "migrate", "-v0"], env=env, check=True)
+            proc = subprocess.run(
+                [
+                    *command(),
+                    "create",
+                    "--inner",
+                    "--count",
+                    str(opts["count"]),
+                    "--preseed",
+                    str(opts["preseed"]),
+                ],
+                env=env,
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+            )
+            return json.loads(proc.stdout.strip().splitlines()[-1])
     finally:
-        if admin is not None:
-            admin.execute(f'DROP DATABASE IF EXISTS "{PG_BENCH_DB}" WITH (FORCE)')
-            admin.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

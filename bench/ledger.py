@@ -25,7 +25,7 @@ from typing import Any
 
 from django.conf import settings
 
-from bench import REPO, command
+from bench import REPO, command, scratch_database
 
 PG_ADMIN_URL = "postgres://postgres@127.0.0.1:5432/postgres"
 # Per run: benchmarks of several checkouts may share one PostgreSQL server.
@@ -67,32 +67,18 @@ def run_child(db: str, sizes: list[int], opts: dict[str, Any]) -> list[dict[str,
         "SESSIONADMIN_SECRET_KEY": secrets.token_urlsafe(50),
         "SESSIONADMIN_LOG_LEVEL": "WARNING",
     }
-    admin = None
     try:
-        if db == "sqlite":
-            env["DATABASE_URL"] = f"sqlite:///{tmp / 'bench.sqlite3'}"
-        elif db == "postgres":
-            import psycopg
-
-            admin = psycopg.connect(opts["pg_admin_url"].replace("postgres://", "postgresql://"), autocommit=True)
-            admin.execute(f'DROP DATABASE IF EXISTS "{PG_BENCH_DB}"')
-            admin.execute(f'CREATE DATABASE "{PG_BENCH_DB}"')
-            env["DATABASE_URL"] = opts["pg_admin_url"].rsplit("/", 1)[0] + f"/{PG_BENCH_DB}"
-        else:
-            raise ValueError(f"unknown database {db!r} (sqlite or postgres)")
-        manage = Path(settings.BASE_DIR) / "manage.py"
-        subprocess.run([sys.executable, str(manage), "migrate", "-v0"], env=env, check=True)
-        subprocess.run([sys.executable, str(manage), "setup"], env=env, check=True, capture_output=True)
-        rows = []
-        for size in sizes:
-            seeded = _inner(env, "seed", "--to", str(size))
-            verified = _inner(env, "verify")
-            rows.append({**verified, "seed_seconds": seeded["seconds"]})
-        return rows
+        with scratch_database(db, tmp, opts["pg_admin_url"], PG_BENCH_DB) as env["DATABASE_URL"]:
+            manage = Path(settings.BASE_DIR) / "manage.py"
+            subprocess.run([sys.executable, str(manage), "migrate", "-v0"], env=env, check=True)
+            subprocess.run([sys.executable, str(manage), "setup"], env=env, check=True, capture_output=True)
+            rows = []
+            for size in sizes:
+                seeded = _inner(env, "seed", "--to", str(size))
+                verified = _inner(env, "verify")
+                rows.append({**verified, "seed_seconds": seeded["seconds"]})
+            return rows
     finally:
-        if admin is not None:
-            admin.execute(f'DROP DATABASE IF EXISTS "{PG_BENCH_DB}" WITH (FORCE)')
-            admin.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
