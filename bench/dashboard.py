@@ -12,6 +12,7 @@ the number of queries, the response size, and the indexes PostgreSQL uses for ea
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -155,6 +156,7 @@ def _secondary_indexes(table: str) -> list[tuple[str, str]]:
 def seed(out: Any, *, sessions: int, active: int, audit_entries: int) -> None:
     from django.db import connection, transaction
 
+    from sessionadmin import ledger
     from sessionadmin.models import AgentSession, AuditEntry, McpClient, Org
 
     rnd = random.Random(42)
@@ -311,12 +313,15 @@ def seed(out: Any, *, sessions: int, active: int, audit_entries: int) -> None:
                         return
                     event = EVENTS_ENDED[k] if k < len(EVENTS_ENDED) else "mcp_client_verified"
                     actor = "alice" if k % 2 else "system"
-                    yield [created + timedelta(seconds=k * 30), actor, user, org, event, sid, '{"reason": "bench"}']
+                    yield [created + timedelta(seconds=k * 30), actor, user, org, event, sid, {"reason": "bench"}]
                     written += 1
 
-        n_audit = _copy(
-            AuditEntry._meta.db_table, ["at", "actor", "user_id", "org_id", "event_type", "session_id", "details"], audit_rows()
-        )
+        # Through the ledger (chained, as production writes them), in bulk batches.
+        rows, n_audit = audit_rows(), 0
+        while batch := list(itertools.islice(rows, 5000)):
+            fields = ["at", "actor", "user_id", "org_id", "event_type", "session_id", "details"]
+            ledger.append([AuditEntry(**dict(zip(fields, row, strict=True))) for row in batch])
+            n_audit += len(batch)
     out.write(
         f"loaded {n_sessions:,} sessions, {n_clients:,} MCP clients, {n_audit:,} audit entries "
         f"in {time.perf_counter() - t0:.1f} s"

@@ -40,7 +40,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import CommandError
 
-from bench import REPO
+from bench import REPO, command
 
 BENCH_DB = "sessionadmin_bench_mcp"
 TARGET_RATIO = 1.5
@@ -100,10 +100,10 @@ def run(out: Any, **opts: Any) -> None:
         }
         manage = [sys.executable, str(REPO / "manage.py")]
         subprocess.run([*manage, "migrate", "--no-input", "-v", "0"], env=env, check=True)
-        inner = [*manage, "benchmark", "mcp", "--inner"]
+        inner = command("mcp", "--inner")
         for name in ("calls", "rounds", "sessions", "concurrent", "kills", "workers", "duration"):
             inner += [f"--{name}", str(opts[name])]
-        proc = subprocess.run(inner, env=env, capture_output=True, text=True)
+        proc = subprocess.run(inner, env=env, capture_output=True, text=True, cwd=REPO)
         out.write(proc.stdout.rstrip())
         if proc.returncode:
             raise CommandError(f"the measuring process failed:\n{proc.stderr[-3000:]}")
