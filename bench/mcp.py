@@ -96,6 +96,10 @@ def run(out: Any, **opts: Any) -> None:
             "SESSIONADMIN_MAX_CONCURRENT": "0",
             "SESSIONADMIN_GATEWAY_BIND": "127.0.0.1:0",
             "SESSIONADMIN_GATEWAY_URL": "http://127.0.0.1:0",
+            # The test MCP servers: this interpreter runs the stdio one, the HTTP ones listen on
+            # loopback (which the URL policy refuses unless listed).
+            "SESSIONADMIN_STDIO_COMMANDS": sys.executable,
+            "SESSIONADMIN_MCP_ALLOWED_HOSTS": "127.0.0.1",
             "PYTHONUNBUFFERED": "1",
         }
         manage = [sys.executable, str(REPO / "manage.py")]
@@ -177,7 +181,14 @@ def measure(out: Any, opts: dict[str, Any]) -> None:
         Org.objects.create(id="bench", name="Bench")
         manager = SessionManager(max_concurrent=0)
         stdio = mcp_services.save_server(
-            McpServer(name="stdio", transport="stdio", command=sys.executable, args=[str(SERVER_SCRIPT), "stdio"]),
+            McpServer(
+                name="stdio",
+                transport="stdio",
+                command=sys.executable,
+                args=[str(SERVER_SCRIPT), "stdio"],
+                # What the sandboxed server needs to read: this venv, its Python, the script.
+                read_only_paths=sorted({sys.prefix, sys.base_prefix, str(SERVER_SCRIPT.parent)}),
+            ),
             actor="benchmark",
         )
         a = mcp_services.save_server(
