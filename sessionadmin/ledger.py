@@ -107,7 +107,9 @@ def append(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
             entry.seq, entry.prev_hash = start + offset, prev
             entry.entry_hash = prev = lv.entry_hash(document_of(entry, seq=entry.seq, prev=prev))
         rows = AuditEntry.objects.bulk_create(entries)
-        AuditChainHead.objects.filter(pk=1).update(head_hash=prev)
+        # Plain SQL: the ORM's update costs ~100 µs of query building, on every session create.
+        with connection.cursor() as cursor:
+            cursor.execute(f"UPDATE {AuditChainHead._meta.db_table} SET head_hash = %s WHERE id = 1", [prev])
     return rows
 
 
