@@ -106,11 +106,34 @@ def append(entries: Sequence[AuditEntry]) -> list[AuditEntry]:
             entry.details = json.loads(json.dumps(entry.details))
             entry.seq, entry.prev_hash = start + offset, prev
             entry.entry_hash = prev = lv.entry_hash(document_of(entry, seq=entry.seq, prev=prev))
-        rows = AuditEntry.objects.bulk_create(entries)
-        # Plain SQL: the ORM's update costs ~100 µs of query building, on every session create.
-        with connection.cursor() as cursor:
-            cursor.execute(f"UPDATE {AuditChainHead._meta.db_table} SET head_hash = %s WHERE id = 1", [prev])
-    return rows
+        _insert(list(entries), head_hash=prev)
+    return list(entries)
+
+
+def _insert(entries: list[AuditEntry], *, head_hash: str) -> None:
+    """INSERT the chained entries and move the head's hash, in as few statements as the database
+    allows: every session create pays for this, and the ORM's bulk_create and update spent
+    more time building their SQL than the database spent running it. On PostgreSQL the head's
+    update rides in the last INSERT (a data-modifying CTE): one round trip fewer."""
+    fields = [f for f in AuditEntry._meta.concrete_fields if not f.primary_key]
+    table, head_table = AuditEntry._meta.db_table, AuditChainHead._meta.db_table
+    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
+    row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    batch = max(1, connection.ops.bulk_batch_size(fields, entries))
+    postgres = connection.vendor == "postgresql"
+    with connection.cursor() as cursor:
+        for start in range(0, len(entries), batch):
+            part = entries[start : start + batch]
+            params: list[Any] = [f.get_db_prep_save(f.pre_save(e, True), connection) for e in part for f in fields]
+            sql = f"INSERT INTO {table} ({columns}) VALUES {', '.join([row] * len(part))} RETURNING id"
+            if postgres and start + batch >= len(entries):
+                sql = f"WITH head AS (UPDATE {head_table} SET head_hash = %s WHERE id = 1) {sql}"
+                params.insert(0, head_hash)
+            cursor.execute(sql, params)
+            for entry, (pk,) in zip(part, cursor.fetchall(), strict=True):
+                entry.pk, entry._state.adding, entry._state.db = pk, False, connection.alias
+        if not postgres:
+            cursor.execute(f"UPDATE {head_table} SET head_hash = %s WHERE id = 1", [head_hash])
 
 
 # --- signing key and checkpoints ---------------------------------------------------------------------
