@@ -111,9 +111,14 @@ def test_every_page_loads_without_csp_violations_and_htmx_works(
     visit(page, f"{base}/", violations)
     meter = page.locator(".meter > span").first
     assert meter.evaluate("e => e.getBoundingClientRect().width") > 0
+    # Mark the old block: "networkidle" was reached before, so waiting for it would not wait
+    # for the swap; the new block has no mark.
+    page.evaluate("document.getElementById('session-live').dataset.old = '1'")
     page.evaluate("htmx.ajax('GET', location.href, {target: '#session-live', swap: 'outerHTML'})")
-    page.wait_for_load_state("networkidle")
-    assert page.locator(".meter > span").first.evaluate("e => e.style.width") == "25%"
+    page.wait_for_function(
+        "() => { const e = document.getElementById('session-live'); return e && !e.dataset.old; }", timeout=WAIT_MS
+    )
+    page.wait_for_function("() => document.querySelector('.meter > span').style.width === '25%'", timeout=WAIT_MS)
     assert violations.seen() == []
 
     # An org created inline (an htmx form), and the other dashboard pages.
