@@ -513,8 +513,7 @@ class ApiTokenForm(forms.ModelForm):
         return expires_at
 
 
-_TOKEN_CREATED_TEMPLATE = """{% extends "admin/base_site.html" %}{% load static %}
-{% block extrastyle %}{{ block.super }}<link rel="stylesheet" href="{% static 'sessionadmin/admin.css' %}">{% endblock %}
+_TOKEN_CREATED_TEMPLATE = """{% extends "admin/base_site.html" %}
 {% block content %}<h1>API token “{{ token.name }}” created</h1>
 <p>Copy it now: it is shown only this once (only its hash is stored).</p>
 <pre id="api-token">{{ raw }}</pre>

@@ -11,7 +11,7 @@
   ``SESSIONADMIN_AUDIT_SIGNING_KEY_FILE`` and appends it to a JSON-lines file in
   ``SESSIONADMIN_AUDIT_CHECKPOINT_DIR`` as well as to the database.
 - ``purge_through`` is the retention purge's only way to delete entries (the triggers of
-  migration 0013 refuse every other UPDATE and DELETE).
+  migration 0014 refuse every other UPDATE and DELETE).
 - ``verify`` streams the chain (keyset pages, flat memory) through ``ledger_verify.verify``;
   ``export`` writes the bundle ``tools/verify_audit_bundle.py`` checks without us.
 """
@@ -80,7 +80,7 @@ def _bump_head(n: int) -> tuple[int, str]:
         cursor.execute(sql, [n])
         row = cursor.fetchone()
         if row is None:
-            # Created by migration 0013; a database flushed by the test runner lacks it.
+            # Created by migration 0014; a database flushed by the test runner lacks it.
             ensure_head()
             cursor.execute(sql, [n])
             row = cursor.fetchone()
@@ -248,7 +248,7 @@ def sync_checkpoint_file() -> int:
 
 def read_checkpoint_file(path: Path) -> list[lv.Checkpoint]:
     with path.open(encoding="utf-8") as fh:
-        return [lv.Checkpoint.from_json(json.loads(line)) for line in fh if line.strip()]
+        return lv.read_checkpoints(fh)
 
 
 # --- retention -----------------------------------------------------------------------------------
@@ -314,15 +314,22 @@ def checkpoints() -> list[lv.Checkpoint]:
     return [as_verifiable(cp) for cp in AuditCheckpoint.objects.order_by("id")]
 
 
-def verify(*, public: Ed25519PublicKey | None = None) -> lv.Verdict:
-    return lv.verify(_entries(), checkpoints(), public or public_key())
+def verify(*, public: Ed25519PublicKey | None = None, external: Path | None = None) -> lv.Verdict:
+    """The chain against the stored checkpoints; with ``external`` (the checkpoint file kept
+    outside the database) every checkpoint in it must also be in the database, unchanged."""
+    stored = checkpoints()
+    if external is not None:
+        missing = lv.missing_checkpoint(stored, read_checkpoint_file(external), where="the database")
+        if missing is not None:
+            return missing
+    return lv.verify(_entries(), stored, public or public_key())
 
 
-def record_verification(*, triggered_by: str) -> AuditVerification:
+def record_verification(*, triggered_by: str, external: Path | None = None) -> AuditVerification:
     """Run ``verify`` and keep its result (the admin shows the latest)."""
     run = AuditVerification.objects.create(triggered_by=triggered_by[:200])
     try:
-        verdict = verify()
+        verdict = verify(external=external)
     except Exception as exc:
         run.ok, run.problem, run.message = False, "error", f"{type(exc).__name__}: {exc}"[:2000]
         run.finished_at = timezone.now()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -305,16 +305,6 @@ def _walk(rows: Iterator[Entry], by_length: dict[int, Checkpoint], verdict: Verd
             )
 
 
-@dataclass
-class Bundle:
-    """What ``audit_verify --export`` writes: a JSON-lines file whose first line is the header
-    (``{"bundle": "sessionadmin-audit", "v": "v1", "public_key": PEM, "checkpoints": [...]}``)
-    and every further line one entry, ascending seq."""
-
-    public_key_pem: str
-    checkpoints: list[Checkpoint] = field(default_factory=list)
-
-
 BUNDLE_KIND = "sessionadmin-audit"
 
 
@@ -334,15 +324,28 @@ def verify_bundle(lines: Iterable[str], *, extra_checkpoints: Iterable[Checkpoin
         raise ValueError("not a sessionadmin audit bundle (v1)")
     key = load_public_key(header["public_key"].encode())
     cps = [Checkpoint.from_json(c) for c in header["checkpoints"]]
-    known = {c.signature: c for c in cps}
-    for extra in extra_checkpoints:
-        if extra.signature not in known or known[extra.signature] != extra:
+    missing = missing_checkpoint(cps, extra_checkpoints, where="the bundle")
+    if missing is not None:
+        return missing
+    entries = (Entry.from_json(json.loads(line)) for line in it if line.strip())
+    return verify(entries, cps, key)
+
+
+def read_checkpoints(lines: Iterable[str]) -> list[Checkpoint]:
+    """The checkpoint file kept outside the database: one JSON object per line."""
+    return [Checkpoint.from_json(json.loads(line)) for line in lines if line.strip()]
+
+
+def missing_checkpoint(known: Iterable[Checkpoint], external: Iterable[Checkpoint], *, where: str) -> Verdict | None:
+    """The verdict for the first checkpoint of the external file that ``known`` (the database's
+    or a bundle's) lacks or holds altered; None when all are there unchanged."""
+    by_signature = {c.signature: c for c in known}
+    for cp in external:
+        if by_signature.get(cp.signature) != cp:
             return Verdict(
                 ok=False,
                 problem="checkpoint missing",
-                checkpoint_id=extra.id,
-                message=f"checkpoint #{extra.id} (length {extra.length}) of the external file "
-                "is missing or altered in the bundle",
+                checkpoint_id=cp.id,
+                message=f"checkpoint #{cp.id} (length {cp.length}) of the external file is missing or altered in {where}",
             )
-    entries = (Entry.from_json(json.loads(line)) for line in it if line.strip())
-    return verify(entries, cps, key)
+    return None

@@ -338,6 +338,13 @@ def _count_active(filters: list[tuple[str, list[Any], int]]) -> list[int]:
         return [int(n) for n in cursor.fetchone()]
 
 
+def compose_now(session: AgentSession, org: Org) -> tuple[ComposedPrompt, str]:
+    """What the current layers compose for an existing session (the dashboard's preview): the
+    same composition as at creation, built-in variables included."""
+    variables = {str(k): str(v) for k, v in (session.variables or {}).items()}
+    return _compose(None, session.user_id, org, session.id, variables)
+
+
 def _compose(
     composer: PromptComposer | None, user_id: str, org: Org, session_id: uuid.UUID, variables: dict[str, str]
 ) -> tuple[ComposedPrompt, str]:

@@ -241,7 +241,8 @@ def _with_deadlines(rows: list[AgentSession]) -> list[AgentSession]:
     now = timezone.now()
     for row in rows:
         row.deadline = row.idle_deadline(default)  # type: ignore[attr-defined]
-        row.pinned = bool(row.pinned_until and row.pinned_until > now)  # type: ignore[attr-defined]
+        # Only a live session is held by its pin (an ended one shows none).
+        row.pinned = row.status == AgentSession.Status.ACTIVE and bool(row.pinned_until and row.pinned_until > now)  # type: ignore[attr-defined]
     return rows
 
 
@@ -370,8 +371,9 @@ def _prompt_preview(session: AgentSession) -> dict[str, Any]:
     org = Org.objects.filter(pk=session.org_id).first()
     if org is None:
         return {"error": "The session's org no longer exists."}
-    variables = {str(k): str(v) for k, v in (session.variables or {}).items()}
-    composed = prompts.DefaultPromptComposer().compose(user_id=session.user_id, org=org, variables=variables)
+    composed, problem = lifecycle.compose_now(session, org)
+    if problem:
+        return {"error": f"The layers do not compose: {problem}"}
     return {
         "text": composed.text,
         "unfilled": prompts.unfilled(composed.text),

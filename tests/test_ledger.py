@@ -339,6 +339,15 @@ class TamperingTestCase(LedgerTestCase):
 
         self.assertEqual(rc, 1)
         self.assertIn(f"checkpoint #{last.pk} (length 10) of the external file is missing or altered", out)
+        # The command, with and without --record, checks the same file against the database.
+        for record in (False, True):
+            with self.subTest(record=record), self.assertRaises(CommandError) as ctx:
+                call_command("audit_verify", checkpoints=str(ledger.checkpoint_file()), record=record)
+            self.assertIn(
+                f"checkpoint #{last.pk} (length 10) of the external file is missing or altered in the database",
+                str(ctx.exception),
+            )
+        self.assertFalse(AuditVerification.objects.latest("pk").ok)
 
 
 class PurgeTestCase(LedgerTestCase):

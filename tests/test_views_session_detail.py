@@ -124,7 +124,7 @@ class SessionDetailTestCase(BaseTestCase):
 
     def test_it_shows_the_variables_and_previews_the_composed_prompt(self) -> None:
         org = Org.objects.get(pk="acme")
-        org.prompt = "Org {{ org_name }} for {{ ticket }}; not {org_id}."
+        org.prompt = "Org {{ org_name }} for {{ ticket }} and {{ user_id }}; not {org_id}."
         org.save()
         session = self.manager().create_session("u-2", "acme", actor="alice", variables={"org_name": "<Acme>"})
         url = reverse("session_detail", args=[session.id])
@@ -138,7 +138,8 @@ class SessionDetailTestCase(BaseTestCase):
         body = preview.content.decode()
         self.assertTrue(body.lstrip().startswith('<div id="prompt-preview"'))
         self.assertIn("Be very kind.", body)
-        self.assertIn("Org &lt;Acme&gt; for {{ ticket }}; not {org_id}.", body)
+        # The built-in variables are filled as at creation.
+        self.assertIn("Org &lt;Acme&gt; for {{ ticket }} and u-2; not {org_id}.", body)
         self.assertIn("No variable for: <code>ticket</code>", body)
         self.assertIn("Single braces are plain text: <code>org_id</code>", body)
         self.assertIn("differs</span>", body)

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         extra = []
         if args.checkpoints:
             with args.checkpoints.open(encoding="utf-8") as fh:
-                extra = [lv.Checkpoint.from_json(json.loads(line)) for line in fh if line.strip()]
+                extra = lv.read_checkpoints(fh)
         with args.bundle.open(encoding="utf-8") as fh:
             if args.public_key:
                 header = json.loads(fh.readline())

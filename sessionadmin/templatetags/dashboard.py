@@ -123,7 +123,7 @@ def session_rows(sessions: Iterable[Any], can_operate: bool, detail_prefix: str)
                 else ""
             )
             check = f"<td>{box}</td>"
-        if s.pinned and s.status == "active":
+        if s.pinned:
             cleanup = f'<span class="pin">pinned until {_time_html(s.pinned_until, now)}</span>'
         elif s.deadline:
             cleanup = _time_html(s.deadline, now)

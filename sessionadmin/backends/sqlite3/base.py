@@ -1,6 +1,6 @@
 """Django's SQLite backend, with one change: a flush (``manage.py flush``, the test runner
 between transactional tests) empties the audit ledger's head table first. SQLite has no
-session variables, so the audit table's delete trigger (migration 0013) lets a DELETE through
+session variables, so the audit table's delete trigger (migration 0014) lets a DELETE through
 only while the retention purge's marker row exists or once the head row is gone; Django flushes
 tables in no particular order, so without this the trigger would refuse the flush."""
 

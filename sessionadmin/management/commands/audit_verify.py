@@ -14,7 +14,6 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from sessionadmin import ledger
-from sessionadmin import ledger_verify as lv
 
 
 class Command(BaseCommand):
@@ -35,26 +34,13 @@ class Command(BaseCommand):
             with Path(export).open("w", encoding="utf-8") as out:
                 n = ledger.export(out)
             self.stderr.write(f"exported {n} entries to {export}")
+        external = Path(checkpoints) if checkpoints else None
         if record:
-            run = ledger.record_verification(triggered_by=actor)
+            run = ledger.record_verification(triggered_by=actor, external=external)
             ok, message = bool(run.ok), run.message
         else:
-            verdict = ledger.verify()
-            if verdict.ok and checkpoints:
-                verdict = self._check_external(Path(checkpoints), verdict)
+            verdict = ledger.verify(external=external)
             ok, message = verdict.ok, verdict.summary()
         if not ok:
             raise CommandError(message, returncode=1)
         self.stdout.write(message)
-
-    def _check_external(self, path: Path, verdict: lv.Verdict) -> lv.Verdict:
-        stored = {cp.signature: cp for cp in ledger.checkpoints()}
-        for cp in ledger.read_checkpoint_file(path):
-            if stored.get(cp.signature) != cp:
-                return lv.Verdict(
-                    ok=False,
-                    problem="checkpoint missing",
-                    checkpoint_id=cp.id,
-                    message=f"checkpoint #{cp.id} (length {cp.length}) of {path} is missing or altered in the database",
-                )
-        return verdict
